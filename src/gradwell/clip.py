@@ -1,0 +1,93 @@
+"""Gradient clipping by value, by norm (each tensor on its own) and by global norm.
+
+Keras's three ``clipvalue`` / ``clipnorm`` / ``global_clipnorm`` options as in-place tensor
+functions (torch has global-norm and value clipping only). Norm clipping rescales by
+max_norm / max(norm, max_norm), so a gradient keeps its direction (the chapter's [0.9, 100.0]
+example), a gradient already inside the bound is untouched, and no branch depends on a value
+on the device: the functions never synchronize with it and can run inside a CUDA graph.
+
+Each function takes gradients: plain tensors, or ``nn.Parameter``s, which stand for their
+``.grad`` (as in ``torch.nn.utils.clip_grad_norm_``); parameters without a gradient are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from gradwell.errors import check_finite
+
+Tensors = Tensor | Iterable[Tensor]
+
+
+def gradients(tensors: Tensors) -> list[Tensor]:
+    """The tensors to clip: a lone tensor becomes a list, a Parameter becomes its gradient."""
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+    grads = []
+    for tensor in tensors:
+        if isinstance(tensor, nn.Parameter):
+            tensor = tensor.grad
+        if tensor is not None:
+            grads.append(tensor)
+    return grads
+
+
+def clip_by_value_(tensors: Tensors, clip_value: float) -> None:
+    """Clamp every element to [-clip_value, clip_value] in place (Keras ``clipvalue``).
+
+    Cheap, but changes the gradient's direction: [0.9, 100.0] clipped at 1 becomes [0.9, 1.0].
+    """
+    clip_value = check_finite("clip_value", clip_value, low=0.0, low_open=True)
+    grads = gradients(tensors)
+    if grads:
+        torch._foreach_clamp_min_(grads, -clip_value)
+        torch._foreach_clamp_max_(grads, clip_value)
+
+
+def scale_factors(norms: list[Tensor], max_norm: float) -> list[Tensor]:
+    """max_norm / max(norm, max_norm) for each norm: 1 inside the bound, shrinking outside it."""
+    return [max_norm / torch.clamp(norm, min=max_norm) for norm in norms]
+
+
+def clip_by_norm_(tensors: Tensors, max_norm: float) -> list[Tensor]:
+    """Rescale each tensor on its own so its L2 norm is at most `max_norm` (Keras ``clipnorm``).
+
+    Returns each tensor's norm before clipping, as 0-d tensors on its device.
+    """
+    max_norm = check_finite("max_norm", max_norm, low=0.0, low_open=True)
+    grads = gradients(tensors)
+    if not grads:
+        return []
+    norms = list(torch._foreach_norm(grads))
+    torch._foreach_mul_(grads, scale_factors(norms, max_norm))
+    return norms
+
+
+def global_norm(tensors: Tensors) -> Tensor:
+    """sqrt(sum of squared elements over all tensors), computed in float32 or wider."""
+    grads = gradients(tensors)
+    if not grads:
+        return torch.tensor(0.0)
+    norms = torch._foreach_norm(grads)
+    dtype = torch.float32
+    for norm in norms:
+        dtype = torch.promote_types(dtype, norm.dtype)
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device, dtype) for n in norms]))
+
+
+def clip_by_global_norm_(tensors: Tensors, max_norm: float) -> Tensor:
+    """Rescale all tensors together so their global norm is at most `max_norm` (Keras ``global_clipnorm``).
+
+    g <- g * max_norm / max(global_norm, max_norm) (Pascanu et al., 2013). Returns the global norm
+    before clipping as a 0-d tensor.
+    """
+    max_norm = check_finite("max_norm", max_norm, low=0.0, low_open=True)
+    grads = gradients(tensors)
+    norm = global_norm(grads)
+    if grads:
+        (factor,) = scale_factors([norm], max_norm)
+        torch._foreach_mul_(grads, factor)
+    return norm

@@ -1,0 +1,70 @@
+"""gradwell's own exceptions.
+
+Every error a user can cause (a bad name, a bad value, a bad file) is raised as one of these
+before any training starts, with a message that says what was given and what is valid. They
+subclass ValueError so that code written against plain Python conventions still catches them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+
+
+class GradwellError(ValueError):
+    """Base class of every error gradwell raises on bad input."""
+
+
+class ConfigError(GradwellError):
+    """A configuration key, type or value is invalid."""
+
+
+class DataError(GradwellError):
+    """A dataset is missing, malformed or inconsistent (file, row and column named)."""
+
+
+class CheckpointError(GradwellError):
+    """A checkpoint is missing, corrupted or belongs to a different architecture."""
+
+
+class NonFiniteError(GradwellError):
+    """Training produced a non-finite loss or gradient."""
+
+
+def closest(name: str, valid: Iterable[str]) -> str:
+    """A ' (did you mean ...?)' hint for `name` among `valid`, or '' when nothing is close."""
+    match = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def unknown_name(kind: str, name: object, valid: Iterable[str]) -> GradwellError:
+    """The error for a name missing from one of gradwell's name tables."""
+    valid = list(valid)
+    return GradwellError(f"unknown {kind} {name!r}{closest(str(name), valid)}; valid: {', '.join(valid)}")
+
+
+def check_finite(
+    name: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return `value` as a float after checking it is finite and inside [low, high].
+
+    `low_open` / `high_open` exclude the bound itself, e.g. momentum in [0, 1).
+    """
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise GradwellError(f"{name} must be a number, got {value!r}") from None
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or below or above:
+        lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+        raise GradwellError(f"{name} must be a finite number in {lo}, {hi}; got {value!r}")
+    return value

@@ -1,0 +1,212 @@
+"""Variance-scaling initialization: Glorot, He and LeCun, and the chapter's table of which to use.
+
+All initializers keep the variance of a layer's outputs (and of its back-propagated gradients)
+close to that of its inputs, which is what stops signals from vanishing or exploding with depth
+(Glorot and Bengio, 2010). They differ in the fan they scale by and in the gain:
+
+| name   | variance sigma^2   | for the activations               |
+|--------|--------------------|-----------------------------------|
+| Glorot | 1 / fan_avg        | none, tanh, sigmoid, softmax      |
+| He     | 2 / fan_in         | ReLU and its variants, ELU, GELU, Swish, Mish |
+| LeCun  | 1 / fan_in         | SELU                              |
+
+Fans follow torch's weight layout ``(out, in, *kernel)``: ``fan_in = in * prod(kernel)`` and
+``fan_out = out * prod(kernel)``, so a convolution's receptive field counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Generator, Tensor, nn
+
+from gradwell.errors import GradwellError, check_finite, unknown_name
+
+MODES = ("fan_in", "fan_out", "fan_avg")
+DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
+
+# std of N(0, 1) truncated to [-2, 2]: dividing by it restores the requested variance
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+Initializer = Callable[..., Tensor]
+
+
+def compute_fans(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight of this shape in torch's layout.
+
+    A 1-D tensor (a bias or a per-channel vector) has fan_in = fan_out = its length, as in Keras.
+    """
+    shape = tuple(shape)
+    if len(shape) == 0:
+        raise GradwellError(
+            "cannot compute the fans of a 0-d tensor; variance scaling needs 1 dimension or more"
+        )
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive_field = math.prod(shape[2:])
+    return shape[1] * receptive_field, shape[0] * receptive_field
+
+
+def variance_scaling_(
+    tensor: Tensor,
+    scale: float = 1.0,
+    mode: str = "fan_in",
+    distribution: str = "normal",
+    generator: Generator | None = None,
+) -> Tensor:
+    """Fill `tensor` in place so that Var[w] = scale / fan, and return it.
+
+    fan is fan_in, fan_out or (fan_in + fan_out) / 2 by `mode`. Distributions:
+
+    - ``normal``: N(0, sigma^2), untruncated, as the chapter states (Keras truncates its "normal");
+    - ``truncated_normal``: N(0, (sigma / 0.8796...)^2) cut at two of its standard deviations,
+      whose variance is sigma^2 again (Keras's ``truncated_normal``);
+    - ``uniform``: U(-r, r) with r = sqrt(3 sigma^2).
+    """
+    scale = check_finite("scale", scale, low=0.0, low_open=True)
+    if mode not in MODES:
+        raise unknown_name("mode", mode, MODES)
+    if distribution not in DISTRIBUTIONS:
+        raise unknown_name("distribution", distribution, DISTRIBUTIONS)
+    fan_in, fan_out = compute_fans(tensor.shape)
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+    if fan == 0:
+        raise GradwellError(f"{mode} is 0 for a tensor of shape {tuple(tensor.shape)}; cannot scale by it")
+    std = math.sqrt(scale / fan)
+    with torch.no_grad():
+        if distribution == "normal":
+            return tensor.normal_(0.0, std, generator=generator)
+        if distribution == "uniform":
+            limit = math.sqrt(3.0) * std
+            return tensor.uniform_(-limit, limit, generator=generator)
+        wide = std / TRUNCATED_NORMAL_STD
+        return nn.init.trunc_normal_(tensor, 0.0, wide, -2.0 * wide, 2.0 * wide, generator=generator)
+
+
+def glorot_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
+    """Fill `tensor` from N(0, 1/fan_avg) in place (Glorot and Bengio, 2010).
+
+    Keeps forward and backward variances equal on average for linear, tanh, sigmoid and softmax
+    layers. Untruncated; Keras truncates its ``GlorotNormal``.
+    """
+    return variance_scaling_(tensor, 1.0, "fan_avg", "normal", generator)
+
+
+def glorot_uniform_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
+    """Fill `tensor` from U(-r, r), r = sqrt(3 / fan_avg), in place (Glorot and Bengio, 2010).
+
+    Keras's default kernel initializer; torch's ``xavier_uniform_`` is the same distribution.
+    """
+    return variance_scaling_(tensor, 1.0, "fan_avg", "uniform", generator)
+
+
+def he_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
+    """Fill `tensor` from N(0, 2/fan_in) in place (He et al., 2015).
+
+    The factor 2 compensates for ReLU zeroing half of its inputs. Untruncated, like torch's
+    ``kaiming_normal_``; Keras truncates its ``HeNormal``.
+    """
+    return variance_scaling_(tensor, 2.0, "fan_in", "normal", generator)
+
+
+def he_uniform_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
+    """Fill `tensor` from U(-r, r), r = sqrt(6 / fan_in), in place (He et al., 2015)."""
+    return variance_scaling_(tensor, 2.0, "fan_in", "uniform", generator)
+
+
+def lecun_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
+    """Fill `tensor` from N(0, 1/fan_in) in place (LeCun et al., 1998).
+
+    The initialization that keeps a SELU network self-normalizing (Klambauer et al., 2017).
+    The distribution is untruncated, as the chapter states; Keras truncates its "normal".
+    """
+    return variance_scaling_(tensor, 1.0, "fan_in", "normal", generator)
+
+
+def lecun_uniform_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
+    """Fill `tensor` from U(-r, r), r = sqrt(3 / fan_in), in place (LeCun et al., 1998)."""
+    return variance_scaling_(tensor, 1.0, "fan_in", "uniform", generator)
+
+
+def standard_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
+    """Fill `tensor` from N(0, 1) in place, whatever its fans.
+
+    The naive initialization that Glorot and Bengio (2010) showed saturates deep sigmoid
+    networks; kept to reproduce that failure, not to be used.
+    """
+    with torch.no_grad():
+        return tensor.normal_(0.0, 1.0, generator=generator)
+
+
+INITIALIZERS: dict[str, Initializer] = {
+    "glorot_normal": glorot_normal_,
+    "glorot_uniform": glorot_uniform_,
+    "he_normal": he_normal_,
+    "he_uniform": he_uniform_,
+    "lecun_normal": lecun_normal_,
+    "lecun_uniform": lecun_uniform_,
+    "standard_normal": standard_normal_,
+}
+
+
+def get_initializer(name: str | Initializer) -> Initializer:
+    """The in-place initializer called `name` (a callable passes through unchanged)."""
+    if callable(name):
+        return name
+    try:
+        return INITIALIZERS[name]
+    except KeyError:
+        raise unknown_name("initializer", name, INITIALIZERS) from None
+
+
+# The chapter's table. Keras's default (Glorot uniform) for the saturating activations; He normal
+# and LeCun normal as the chapter writes them for the rest.
+RECOMMENDED: dict[str, str] = {
+    "linear": "glorot_uniform",
+    "sigmoid": "glorot_uniform",
+    "tanh": "glorot_uniform",
+    "softmax": "glorot_uniform",
+    "relu": "he_normal",
+    "leaky_relu": "he_normal",
+    "rrelu": "he_normal",
+    "prelu": "he_normal",
+    "elu": "he_normal",
+    "gelu": "he_normal",
+    "swish": "he_normal",
+    "mish": "he_normal",
+    "selu": "lecun_normal",
+}
+
+
+def recommended_init(activation: str | nn.Module | None) -> str:
+    """The name of the initializer the chapter recommends for `activation`.
+
+    Glorot for none/tanh/sigmoid/softmax, He for the ReLU family, ELU, GELU, Swish and Mish,
+    LeCun for SELU. Accepts a name understood by ``get_activation`` or an activation module.
+    """
+    from gradwell.activations import activation_name
+
+    return RECOMMENDED[activation_name(activation)]
+
+
+def recommended_initializer(activation: str | nn.Module | None) -> Initializer:
+    """The initializer for `activation`, with the gain made exact for leaky slopes.
+
+    For a leaky ReLU of slope a, He et al. (2015) give Var[w] = 2 / ((1 + a^2) fan_in); plain
+    ``he_normal_`` assumes a = 0. PReLU and RReLU use their initial and mean slopes.
+    """
+    from gradwell.activations import activation_name, negative_slope
+
+    name = recommended_init(activation)
+    leaky = activation_name(activation) in ("leaky_relu", "prelu", "rrelu")
+    slope = negative_slope(activation) if leaky else 0.0
+    if slope == 0.0:
+        return INITIALIZERS[name]
+    gain = 2.0 / (1.0 + slope**2)
+
+    def leaky_he_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
+        return variance_scaling_(tensor, gain, "fan_in", "normal", generator)
+
+    return leaky_he_normal_
