@@ -203,8 +203,9 @@ def normalize_axis_spec(axis: int | tuple[int, ...] | list[int]) -> tuple[int, .
 
 
 def feature_shape(num_features: int | tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, ...]:
-    shape = (num_features,) if isinstance(num_features, int) else tuple(num_features)
-    if len(shape) != len(axis) or not all(isinstance(n, int) and n > 0 for n in shape):
+    shape = tuple(num_features) if isinstance(num_features, (tuple, list)) else (num_features,)
+    valid = all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    if len(shape) != len(axis) or not valid:
         raise GradwellError(
             f"BatchNorm num_features {num_features!r} must give one positive size per kept axis "
             f"{format_axis(axis)}"

@@ -1,0 +1,25 @@
+"""gradwell.data: datasets as checked train / validation / test tensors.
+
+``load(name)`` reads mnist1d (generated), digits (scikit-learn), MNIST / Fashion-MNIST IDX
+files, CSV and NPZ; ``standardize`` fits on the training split only; ``split_by_classes``
+makes the chapter's task A / task B. Every problem raises ``gradwell.errors.DataError``.
+"""
+
+from gradwell.data.dataset import Dataset, Split
+from gradwell.data.idx import read_idx
+from gradwell.data.registry import DATASETS, describe, load
+from gradwell.data.scaling import Standardization, fit_standardization, standardize
+from gradwell.data.splits import split_by_classes
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "Split",
+    "Standardization",
+    "describe",
+    "fit_standardization",
+    "load",
+    "read_idx",
+    "split_by_classes",
+    "standardize",
+]

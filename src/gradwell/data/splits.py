@@ -1,0 +1,145 @@
+"""From a source's arrays to a checked Dataset, and the chapter's split into task A and task B.
+
+Splits that a source lacks are carved from its training part by one seeded permutation
+(numpy's ``default_rng(seed)``), so a seed always gives the same split and the carved parts
+keep the source's order. The split is not stratified: with the fractions used here every
+class of the chapter's datasets is large enough to appear in each part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from gradwell.data.checks import Part, check_classes, check_feature_shapes, check_part, count
+from gradwell.data.dataset import Dataset, Split
+from gradwell.errors import DataError
+
+
+@dataclass
+class Source:
+    """What a loader read: its own splits (validation and test may be absent) and class names."""
+
+    train: Part
+    val: Part | None = None
+    test: Part | None = None
+    class_names: tuple[str, ...] | None = None
+
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+def carve(arrays: Arrays, fraction: float, rng: np.random.Generator) -> tuple[Arrays, Arrays]:
+    """(rest, carved): round(n * fraction) samples drawn at random, both parts in their original order."""
+    x, y = arrays
+    order = rng.permutation(len(y))
+    taken = round(len(y) * fraction)
+    carved, rest = np.sort(order[:taken]), np.sort(order[taken:])
+    return (x[rest], y[rest]), (x[carved], y[carved])
+
+
+def to_split(arrays: Arrays) -> Split:
+    x, y = arrays
+    return Split(
+        torch.from_numpy(np.require(x, np.float32, ["C", "W"])), torch.from_numpy(y.astype(np.int64))
+    )
+
+
+def assemble(
+    name: str,
+    source: Source,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    num_classes: int | None,
+) -> Dataset:
+    """Check every part, infer the classes, carve the missing splits (test first, then validation)."""
+    parts = {key: part for key, part in vars(source).items() if isinstance(part, Part)}
+    arrays = {key: check_part(part) for key, part in parts.items()}
+    check_feature_shapes(list(parts.values()))
+    k = check_classes(name, [(parts[key], arrays[key][1]) for key in parts], num_classes)
+    rng = np.random.default_rng(seed)
+    if "test" not in arrays:
+        arrays["train"], arrays["test"] = carve(arrays["train"], test_fraction, rng)
+    if "val" not in arrays:
+        arrays["train"], arrays["val"] = carve(arrays["train"], val_fraction, rng)
+    if len(arrays["train"][1]) == 0:
+        raise DataError(
+            f"{name}: no training samples left after carving validation and test; lower the fractions"
+        )
+    names = source.class_names if source.class_names is not None and len(source.class_names) == k else None
+    splits = {key: to_split(arrays[key]) for key in ("train", "val", "test")}
+    return Dataset(**splits, num_classes=k, name=name, class_names=names)
+
+
+def class_list(dataset: Dataset, name: str, classes: Sequence[int]) -> list[int]:
+    chosen = [count(f"{name} entry", c, 0) for c in classes]
+    unknown = [c for c in chosen if c >= dataset.num_classes]
+    if unknown:
+        raise DataError(
+            f"{name} has classes {unknown} that {dataset.name} lacks; valid: 0..{dataset.num_classes - 1}"
+        )
+    if len(set(chosen)) != len(chosen):
+        raise DataError(f"{name} {chosen} lists a class twice")
+    if len(chosen) < 2:
+        raise DataError(f"{name} {chosen} must name at least 2 classes for a classification task")
+    return chosen
+
+
+def subset(dataset: Dataset, classes: list[int], task: str) -> Dataset:
+    """The samples of `classes`, relabelled by their position in `classes`."""
+    relabel = torch.full((dataset.num_classes,), -1, dtype=torch.int64)
+    relabel[classes] = torch.arange(len(classes))
+
+    def keep(split: Split) -> Split:
+        mask = torch.isin(split.y, torch.tensor(classes, device=split.y.device))
+        return Split(split.x[mask], relabel.to(split.y.device)[split.y[mask]])
+
+    names = None if dataset.class_names is None else tuple(dataset.class_names[c] for c in classes)
+    name = f"{dataset.name} task {task} (classes {', '.join(map(str, classes))})"
+    splits = {key: keep(getattr(dataset, key)) for key in ("train", "val", "test")}
+    result = Dataset(**splits, num_classes=len(classes), name=name, class_names=names)
+    if len(result.train) == 0:
+        raise DataError(f"{result.name} has no training samples")
+    return result
+
+
+def split_by_classes(
+    dataset: Dataset,
+    classes_a: Sequence[int],
+    classes_b: Sequence[int] | None = None,
+    *,
+    limit_train: int | None = None,
+    seed: int = 0,
+) -> tuple[Dataset, Dataset]:
+    """The chapter's transfer-learning setup: task A on `classes_a`, task B on `classes_b`.
+
+    `classes_b` defaults to the classes A leaves out (the chapter's 8 + 2). Labels are
+    re-indexed by position, so ``classes_b=[5, 6]`` makes class 5 label 0 and class 6 label 1.
+    `limit_train` keeps that many of B's training samples, drawn with `seed`, for the
+    chapter's "few labels" task B; validation and test keep every sample of B's classes.
+    """
+    a = class_list(dataset, "classes_a", classes_a)
+    if classes_b is None:
+        classes_b = [c for c in range(dataset.num_classes) if c not in a]
+    b = class_list(dataset, "classes_b", classes_b)
+    shared = sorted(set(a) & set(b))
+    if shared:
+        raise DataError(
+            f"classes_a {a} and classes_b {b} overlap on {shared}; the two tasks must be disjoint"
+        )
+    task_a, task_b = subset(dataset, a, "A"), subset(dataset, b, "B")
+    if limit_train is not None:
+        limit = count("limit_train", limit_train, 1)
+        if limit > len(task_b.train):
+            raise DataError(
+                f"limit_train={limit} exceeds the {len(task_b.train)} training samples of {task_b.name}"
+            )
+        chosen = np.sort(np.random.default_rng(count("seed", seed, 0)).permutation(len(task_b.train))[:limit])
+        index = torch.from_numpy(chosen).to(task_b.train.y.device)
+        task_b = replace(task_b, train=Split(*task_b.train[index]))
+    return task_a, task_b
