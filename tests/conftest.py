@@ -13,8 +13,8 @@ torch.set_num_threads(1)
 
 def rel_error(actual, expected) -> float:
     """max |actual - expected| / max(|expected|, tiny), in float64."""
-    actual = torch.as_tensor(actual, dtype=torch.float64)
-    expected = torch.as_tensor(expected, dtype=torch.float64)
+    actual = torch.as_tensor(actual).detach().to(torch.float64)
+    expected = torch.as_tensor(expected).detach().to(torch.float64)
     scale = expected.abs().max().clamp(min=1e-30)
     return float((actual - expected).abs().max() / scale)
 

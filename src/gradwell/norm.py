@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
@@ -164,6 +165,8 @@ class BatchNorm(LazyModuleMixin, nn.Module):
                 f"BatchNorm was built for features of shape {tuple(self.running_mean.shape)} on axis "
                 f"{format_axis(self.axis)}, but the input of shape {tuple(x.shape)} has {shape} there"
             )
+        if kept == (1,):
+            return self.channel_batch_norm(x)
         if self.training and not self.frozen:
             return self.normalize_with_batch_statistics(x, kept)
         scale, shift = batch_norm_affine(
@@ -171,17 +174,42 @@ class BatchNorm(LazyModuleMixin, nn.Module):
         )
         return x * broadcastable(scale, x, kept) + broadcastable(shift, x, kept)
 
-    def normalize_with_batch_statistics(self, x: Tensor, kept: tuple[int, ...]) -> Tensor:
-        values_per_feature = x.numel() // max(1, math.prod(x.shape[d] for d in kept))
-        if values_per_feature < 2:
+    def values_per_feature(self, x: Tensor, kept: tuple[int, ...]) -> int:
+        """How many values each statistic averages; training needs 2 or more."""
+        count = x.numel() // max(1, math.prod(x.shape[d] for d in kept))
+        if count < 2:
             raise GradwellError(
                 f"BatchNorm needs more than 1 value per feature in training; an input of shape "
-                f"{tuple(x.shape)} with axis {format_axis(self.axis)} has {values_per_feature}"
+                f"{tuple(x.shape)} with axis {format_axis(self.axis)} has {count}"
             )
-        out, mean, var = batch_norm(x, kept, self.weight, self.bias, self.eps)
+        return count
+
+    def update_moving_statistics(self, mean: Tensor, biased_var: Tensor) -> None:
         with torch.no_grad():
             self.running_mean.lerp_(mean.to(self.running_mean.dtype), 1.0 - self.momentum)
-            self.running_var.lerp_(var.to(self.running_var.dtype), 1.0 - self.momentum)
+            self.running_var.lerp_(biased_var.to(self.running_var.dtype), 1.0 - self.momentum)
+
+    def normalize_with_batch_statistics(self, x: Tensor, kept: tuple[int, ...]) -> Tensor:
+        self.values_per_feature(x, kept)
+        out, mean, var = batch_norm(x, kept, self.weight, self.bias, self.eps)
+        self.update_moving_statistics(mean, var)
+        return out
+
+    def channel_batch_norm(self, x: Tensor) -> Tensor:
+        """Statistics per axis-1 channel, through torch's fused kernel (forward and backward).
+
+        torch's kernel would update moving statistics its own way (weight on the new batch, unbiased
+        variance), so in training it writes the batch statistics into scratch buffers (momentum 1)
+        and the chapter's update is applied from those.
+        """
+        if not self.training or self.frozen:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        count = self.values_per_feature(x, (1,))
+        mean, unbiased_var = torch.zeros_like(self.running_mean), torch.zeros_like(self.running_var)
+        out = F.batch_norm(x, mean, unbiased_var, self.weight, self.bias, True, 1.0, self.eps)
+        self.update_moving_statistics(mean, unbiased_var * ((count - 1) / count))
         return out
 
     def extra_repr(self) -> str:
