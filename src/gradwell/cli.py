@@ -1,0 +1,50 @@
+"""The command line: parse, call the library, print. All logic lives in the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.logging import RichHandler
+
+from gradwell.commands import datasets, train
+from gradwell.commands.output import errors
+from gradwell.errors import GradwellError
+
+COMMANDS = (train, datasets)
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="gradwell",
+        description="Train deep neural networks that actually learn: the chapter's techniques, a stability "
+        "doctor and honest multi-seed experiments.",
+    )
+    main.add_argument("-v", "--verbose", action="store_true", help="log each epoch and more detail")
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(commands)
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=errors, show_time=False, show_path=False)],
+    )
+    try:
+        return args.handler(args)
+    except GradwellError as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

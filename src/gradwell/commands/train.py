@@ -1,0 +1,67 @@
+"""`gradwell train`: train from a TOML config and write a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gradwell.commands.output import console, key_value_table, print_json
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a model from a TOML config (default: a deep MLP on MNIST-1D)",
+        description="Train a model as a TOML config says and write a run folder (config, metrics, "
+        "checkpoints, weights, learning curves). Without a config, trains the default deep network "
+        "on MNIST-1D.",
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="a TOML config (sections data, model, optimizer, schedule, train, output); see examples/",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 --set model.activation=selu; "
+        "a new data.name, model.kind, optimizer.name or schedule.name starts its section afresh",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last good "
+        "checkpoint (its config.toml, with any --set applied)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gradwell import config as configs
+    from gradwell import job
+
+    if args.resume is not None:
+        run_dir = Path(args.resume)
+        result = job.run(configs.load(run_dir / "config.toml", args.set), run_dir=run_dir, resume=True)
+    else:
+        result = job.run(configs.load(args.config, args.set))
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    final = result.epochs[-1] if result.epochs else {}
+    rows = [
+        ("dataset", result.dataset.name),
+        ("epochs", f"{len(result.epochs)} ({result.stop_reason})"),
+        ("time", f"{result.seconds:.1f} s"),
+    ]
+    rows += [
+        (f"final {k}", f"{final[k]:.4f}")
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+        if k in final
+    ]
+    rows += [(f"test {k}", f"{v:.4f}") for k, v in result.test.items()]
+    console.print(key_value_table(f"gradwell train: {result.run_dir}", rows))
+    return 0

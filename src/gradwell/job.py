@@ -1,0 +1,195 @@
+"""The main job: a config in, a trained model and a run folder out (`gradwell train`).
+
+Everything a config names is built and checked (data loaded, model, optimizer and schedule
+created) before the run folder is made or a step is taken, so a bad config fails fast and
+writes nothing. The run folder then holds:
+
+    config.toml          the resolved config (defaults filled in), to rerun or resume
+    metrics.jsonl        one JSON object per epoch
+    checkpoints/         the last two epochs' checkpoints (safetensors), for --resume
+    model.safetensors    the final weights
+    learning_curves.png  loss and accuracy per epoch
+    result.json          test metrics, epochs, time and the stability doctor's verdicts
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from gradwell import data as datasets
+from gradwell import models, optim
+from gradwell.config import Config, check_call
+from gradwell.errors import ConfigError, unknown_name
+from gradwell.plots import learning_curves
+from gradwell.train import EarlyStopping, fit
+from gradwell.train.callbacks import MetricsLogger
+from gradwell.train.loop import evaluate
+
+log = logging.getLogger(__name__)
+
+BUILDERS = {"mlp": models.mlp, "cnn": models.cnn}
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked from a config."""
+
+    config: Config
+    dataset: datasets.Dataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+
+
+@dataclass
+class JobResult:
+    run_dir: Path
+    test: dict[str, float]
+    epochs: list[dict[str, float]]
+    stop_reason: str
+    seconds: float
+    model: nn.Module = field(repr=False)
+    dataset: datasets.Dataset = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "test": self.test,
+            "epochs": len(self.epochs),
+            "final": self.epochs[-1] if self.epochs else {},
+            "stop_reason": self.stop_reason,
+            "seconds": self.seconds,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device = {name!r} is not a device; valid: auto, cpu, cuda, cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r}, but CUDA is not available here; use 'auto' or 'cpu'")
+    return device
+
+
+def load_data(config: Config) -> datasets.Dataset:
+    options = dict(config.data)
+    name = options.pop("name", "mnist1d")
+    standardize = options.pop("standardize", True)
+    if not isinstance(standardize, bool):
+        raise ConfigError(f"data.standardize = {standardize!r} has the wrong type: expected bool")
+    dataset = datasets.load(name, **options)
+    return datasets.standardize(dataset)[0] if standardize else dataset
+
+
+def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
+    options = dict(config.model)
+    kind = options.pop("kind", "mlp")
+    if kind not in BUILDERS:
+        raise unknown_name("model kind", kind, BUILDERS)
+    builder = BUILDERS[kind]
+    check_call("model", builder, options, skip=("in_features", "in_shape", "out_features", "generator"))
+    generator = torch.Generator().manual_seed(config.train.seed)
+    return builder(dataset.feature_shape, dataset.num_classes, **options, generator=generator)
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    options = dict(config.optimizer)
+    return optim.create(options.pop("name", "nadam"), model.parameters(), **options)
+
+
+def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int) -> Any:
+    options = dict(config.schedule)
+    name = options.pop("name", "none")
+    if name == "none":
+        return None
+    if name == "onecycle":
+        options.setdefault("total_steps", steps)
+        options.setdefault("max_lr", float(optimizer.param_groups[0]["lr"]))
+    return optim.schedule(name, optimizer, **options)
+
+
+def prepare(config: Config) -> Prepared:
+    """Load the data and build model, optimizer and schedule; every config error surfaces here."""
+    train = config.train
+    device = resolve_device(train.device)
+    dataset = load_data(config)
+    model = build_model(config, dataset).to(device)
+    optimizer = build_optimizer(config, model)
+    steps = train.epochs * -(-len(dataset.train) // train.batch_size)
+    scheduler = build_schedule(config, optimizer, steps)
+    warnings = models.check_self_normalizing(model, l1=train.l1, l2=train.l2)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return Prepared(config, dataset, model, optimizer, scheduler, device)
+
+
+def new_run_dir(config: Config) -> Path:
+    name = config.output.name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(config.output.dir) / name
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path(config.output.dir) / f"{name}-{suffix}"
+    return path
+
+
+def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> JobResult:
+    """Train as `config` says, in `run_dir` (a new folder under output.dir by default)."""
+    prepared = prepare(config)
+    run_dir = run_dir or new_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
+    train = config.train
+    callbacks = [MetricsLogger(run_dir / "metrics.jsonl")]
+    if train.early_stopping is not None:
+        callbacks.append(EarlyStopping(patience=train.early_stopping))
+    started = time.perf_counter()
+    history = fit(
+        prepared.model,
+        prepared.dataset,
+        optimizer=prepared.optimizer,
+        scheduler=prepared.scheduler,
+        epochs=train.epochs,
+        batch_size=train.batch_size,
+        loss=train.loss,
+        callbacks=callbacks,
+        l1=train.l1,
+        l2=train.l2,
+        max_norm=train.max_norm,
+        seed=train.seed,
+        device=prepared.device,
+        checkpoint_dir=run_dir / "checkpoints",
+        resume=resume,
+        progress=config.output.progress,
+    )
+    seconds = time.perf_counter() - started
+    test = prepared.dataset.test
+    test_metrics = evaluate(
+        prepared.model, test.x.to(prepared.device), test.y.to(prepared.device), train.loss
+    )
+    save_file(
+        {k: v.contiguous() for k, v in prepared.model.state_dict().items()}, run_dir / "model.safetensors"
+    )
+    learning_curves(history.epochs, run_dir / "learning_curves.png", title=run_dir.name)
+    result = JobResult(
+        run_dir, test_metrics, history.epochs, history.stop_reason, seconds, prepared.model, prepared.dataset
+    )
+    (run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result

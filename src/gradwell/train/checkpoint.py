@@ -1,0 +1,187 @@
+"""Checkpoints: one safetensors file per epoch, written atomically, verified by checksum on load.
+
+Everything a bitwise-exact resume needs (weights, optimizer and scheduler state, RNG states,
+callback state, history) goes into one file. Tensors are stored as safetensors tensors; the rest
+of the state tree (ints, floats, strings, lists, dicts with int keys) as JSON in the file's
+metadata. Nothing is unpickled on load, so a checkpoint file cannot run code.
+
+A checkpoint is written to a temporary file in the same folder, flushed, fsynced and renamed over
+its final name, so a crash leaves either the old file or the new one, never half of one. A sha256
+of the tensor bytes, stored in the metadata, catches a file damaged afterwards; `latest` then
+falls back to the previous good checkpoint and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor, nn
+
+from gradwell.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "gradwell-checkpoint-1"
+NAME = re.compile(r"^epoch-(\d+)\.safetensors$")
+
+
+def flatten_state(tree: Any) -> tuple[Any, dict[str, Tensor]]:
+    """Split a state tree into a JSON skeleton and the tensors it refers to by name."""
+    tensors: dict[str, Tensor] = {}
+
+    def encode(value: Any, path: str) -> Any:
+        if isinstance(value, Tensor):
+            tensors[path] = value.detach().to("cpu", copy=True).contiguous()
+            return {"__tensor__": path}
+        if isinstance(value, dict):
+            items = []
+            for key, item in value.items():
+                if not isinstance(key, (str, int)):
+                    raise CheckpointError(f"cannot store a dict key of type {type(key).__name__} at {path}")
+                items.append([key, encode(item, f"{path}.{key}")])
+            return {"__dict__": items}
+        if isinstance(value, tuple):
+            return {"__tuple__": [encode(item, f"{path}.{i}") for i, item in enumerate(value)]}
+        if isinstance(value, list):
+            return [encode(item, f"{path}.{i}") for i, item in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise CheckpointError(f"cannot store a value of type {type(value).__name__} at {path}")
+
+    return encode(tree, "state"), tensors
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
+    """Rebuild the tree written by `flatten_state`."""
+    if isinstance(skeleton, list):
+        return [unflatten_state(item, tensors) for item in skeleton]
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__tuple__" in skeleton:
+            return tuple(unflatten_state(item, tensors) for item in skeleton["__tuple__"])
+        return {key: unflatten_state(item, tensors) for key, item in skeleton["__dict__"]}
+    return skeleton
+
+
+def tensor_digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_atomically(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` through a temporary file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(payload)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def save(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a state tree to `path` atomically, with its checksum."""
+    skeleton, tensors = flatten_state(state)
+    metadata = {"format": FORMAT, "state": json.dumps(skeleton), "sha256": tensor_digest(tensors)}
+    write_atomically(Path(path), save_safetensors(tensors, metadata=metadata))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `save`; CheckpointError if it is missing, damaged or foreign."""
+    path = Path(path)
+    try:
+        payload = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    try:
+        tensors = load_safetensors(payload)
+        metadata = read_metadata(payload)
+    except (SafetensorError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint {path} is damaged or not a safetensors file: {error}") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a gradwell checkpoint (format {metadata.get('format')!r})")
+    if tensor_digest(tensors) != metadata.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupted: its checksum does not match its contents")
+    return unflatten_state(json.loads(metadata["state"]), tensors)
+
+
+def read_metadata(payload: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors payload (its JSON header's __metadata__)."""
+    header_size = int.from_bytes(payload[:8], "little")
+    header = json.loads(payload[8 : 8 + header_size])
+    return header.get("__metadata__", {})
+
+
+def checkpoint_path(directory: str | Path, epoch: int) -> Path:
+    return Path(directory) / f"epoch-{epoch:04d}.safetensors"
+
+
+def saved_epochs(directory: str | Path) -> list[int]:
+    """Epoch numbers of the checkpoints in `directory`, newest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = (NAME.match(entry.name) for entry in directory.iterdir())
+    return sorted((int(match.group(1)) for match in found if match), reverse=True)
+
+
+def latest(directory: str | Path) -> dict[str, Any] | None:
+    """The newest checkpoint in `directory` that loads cleanly, or None when there is none.
+
+    A damaged newer checkpoint is skipped with a warning naming it; the previous one is used.
+    """
+    for epoch in saved_epochs(directory):
+        path = checkpoint_path(directory, epoch)
+        try:
+            return load(path)
+        except CheckpointError as error:
+            log.warning("%s; falling back to the previous checkpoint", error)
+    return None
+
+
+def prune(directory: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (older ones are never needed for a resume)."""
+    for epoch in saved_epochs(directory)[keep:]:
+        checkpoint_path(directory, epoch).unlink(missing_ok=True)
+
+
+def load_weights(model: nn.Module, weights: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Load `weights` into `model` strictly, naming every missing, unexpected or misshapen tensor."""
+    expected = model.state_dict()
+    problems = [f"missing {name}" for name in expected if name not in weights]
+    problems += [f"unexpected {name}" for name in weights if name not in expected]
+    problems += [
+        f"{name}: {tuple(weights[name].shape)} in the {source}, {tuple(tensor.shape)} in the model"
+        for name, tensor in expected.items()
+        if name in weights and weights[name].shape != tensor.shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise CheckpointError(f"the {source} does not match this model's architecture: {shown}")
+    model.load_state_dict(weights)

@@ -1,0 +1,86 @@
+"""The command line, run as a user runs it: in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TINY = """
+[data]
+name = "digits"
+[model]
+kind = "mlp"
+hidden = [32, 32]
+activation = "elu"
+batchnorm = "after"
+[optimizer]
+name = "adam"
+lr = 0.01
+[schedule]
+name = "exponential"
+s = 100
+[train]
+epochs = 2
+batch_size = 64
+"""
+
+
+def gradwell(*args, cwd):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "gradwell", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def test_train_writes_a_complete_run_folder_and_resumes(tmp_path, tiny_config):
+    done = gradwell("train", str(tiny_config), "--set", "output.name=tiny", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert result["run_dir"] == str(run_dir.relative_to(tmp_path)) and result["epochs"] == 2
+    assert 0.5 < result["test"]["accuracy"] <= 1.0
+    names = {p.name for p in run_dir.iterdir()}
+    assert names >= {
+        "config.toml",
+        "metrics.jsonl",
+        "checkpoints",
+        "model.safetensors",
+        "learning_curves.png",
+        "result.json",
+    }
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+    more = gradwell("train", "--resume", str(run_dir), "--set", "train.epochs=3", "--json", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert json.loads(more.stdout)["epochs"] == 3
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_config_errors_exit_2_with_the_message_and_write_nothing(tmp_path, tiny_config):
+    done = gradwell("train", str(tiny_config), "--set", "model.activation=rleu", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "unknown activation 'rleu' (did you mean 'relu'?)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_datasets_and_help(tmp_path):
+    listing = gradwell("datasets", cwd=tmp_path)
+    assert listing.returncode == 0 and "mnist1d" in listing.stdout and "csv:PATH" in listing.stdout
+    for command in ([], ["train"], ["datasets"]):
+        shown = gradwell(*command, "--help", cwd=tmp_path)
+        assert shown.returncode == 0 and "usage: gradwell" in shown.stdout

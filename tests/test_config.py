@@ -1,0 +1,93 @@
+"""Config files, overrides and the errors a user sees before anything trains."""
+
+import pytest
+
+from gradwell import config as configs
+from gradwell import job
+from gradwell.errors import ConfigError, GradwellError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_is_the_documented_run():
+    config = configs.load()
+    assert config.data["name"] == "mnist1d" and config.model["batchnorm"] == "before"
+    assert config.train.epochs == 15 and config.optimizer["name"] == "nadam"
+
+
+def test_overrides_parse_toml_literals():
+    config = configs.load(
+        None,
+        [
+            "train.epochs=3",
+            "model.hidden=[8, 4]",
+            "model.activation=selu",
+            "optimizer.lr=1e-3",
+            "train.max_norm=2",
+        ],
+    )
+    assert config.train.epochs == 3 and config.model["hidden"] == [8, 4]
+    assert config.model["activation"] == "selu" and config.optimizer["lr"] == 0.001
+    assert config.train.max_norm == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[trian]\nepochs = 1", r"unknown section 'trian' \(did you mean 'train'\?\)"),
+        ("[train]\nepoch = 1", r"unknown key train.epoch \(did you mean 'epochs'\?\); valid keys: epochs"),
+        ('[train]\nepochs = "ten"', r"train.epochs = 'ten' has the wrong type: expected int"),
+        ("[train]\nbatch_size = 3.5", "train.batch_size = 3.5 has the wrong type: expected int"),
+        ("[train]\nl2 = true", "train.l2 = True has the wrong type"),
+        ("[output]\nprogress = 1", "output.progress = 1 has the wrong type: expected bool"),
+        ("[train\nepochs = 1", "is not valid TOML"),
+        ("data = 3", r"\[data\] must be a table"),
+    ],
+)
+def test_config_errors_name_the_key_value_and_valid_choices(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        configs.load(write(tmp_path, text))
+
+
+def test_missing_file_and_bad_overrides():
+    with pytest.raises(ConfigError, match="does not exist"):
+        configs.load("no/such/config.toml")
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
+        configs.load(None, ["epochs=3"])
+    with pytest.raises(ConfigError, match=r"unknown section 'modle' \(did you mean 'model'\?\)"):
+        configs.load(None, ["modle.depth=3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.activaton=relu", r"unknown key model.activaton \(did you mean 'activation'\?\)"),
+        ("model.activation=rleu", r"unknown activation 'rleu' \(did you mean 'relu'\?\)"),
+        ("model.depth=ten", "model.depth = 'ten' has the wrong type: expected int"),
+        ("model.kind=rnn", r"unknown model kind 'rnn' \(did you mean 'cnn'\?\); valid: mlp, cnn"),
+        ("optimizer.name=nadamw", r"unknown optimizer 'nadamw' \(did you mean 'nadam'"),
+        ("optimizer.momentum=1.5", "momentum"),
+        ("schedule.name=cosine", "unknown schedule 'cosine'"),
+        ("data.name=mnist", r"unknown dataset 'mnist' \(did you mean 'mnist1d'\?\)"),
+        ("data.imag=true", r"dataset 'digits' takes no option 'imag' \(did you mean 'image'\?\)"),
+        ("train.device=tpu", "train.device = 'tpu' is not a device"),
+        ("model.init=xavier", "unknown init 'xavier'; valid: auto, torch, glorot_normal"),
+    ],
+)
+def test_errors_surface_in_prepare_before_any_training(tmp_path, override, message):
+    config = configs.load(None, ["data.name=digits", f"output.dir={tmp_path}", override])
+    with pytest.raises(GradwellError, match=message):
+        job.run(config)
+    assert not any(tmp_path.iterdir())
+
+
+def test_to_dict_round_trips_through_toml(tmp_path):
+    import tomli_w
+
+    config = configs.load(None, ["train.max_norm=1.5", "model.hidden=[4]"])
+    path = write(tmp_path, tomli_w.dumps(config.to_dict()))
+    assert configs.load(path) == config
