@@ -77,9 +77,11 @@ GELU_APPROXIMATIONS = ("none", "tanh", "sigmoid")
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     """GELU(z) = z Phi(z) (Hendrycks and Gimpel, 2016), exactly or approximated.
 
-    ``tanh``: 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))), max error about 3e-4 (torch's kernel);
+    ``tanh``: 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))), max error about 5e-4 (torch's kernel);
     ``sigmoid``: z sigmoid(1.702 z), the paper's cheaper form, max error about 2e-2.
     """
+    if approximate not in GELU_APPROXIMATIONS:
+        raise unknown_name("GELU approximation", approximate, GELU_APPROXIMATIONS)
     if approximate == "sigmoid":
         return x * torch.sigmoid(1.702 * x)
     return F.gelu(x, approximate=approximate)
@@ -160,8 +162,9 @@ ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
     "mish": Mish,
     "sigmoid": Sigmoid,
     "tanh": Tanh,
-    "linear": nn.Identity,
-    "none": nn.Identity,
+    # nn.Identity swallows any argument: wrapped so that options given to "linear" raise
+    "linear": lambda: nn.Identity(),
+    "none": lambda: nn.Identity(),
 }
 
 

@@ -2,7 +2,7 @@
 
 Keras's three ``clipvalue`` / ``clipnorm`` / ``global_clipnorm`` options as in-place tensor
 functions (torch has global-norm and value clipping only). Norm clipping rescales by
-max_norm / max(norm, max_norm), so a gradient keeps its direction (the chapter's [0.9, 100.0]
+min(1, max_norm / norm), so a gradient keeps its direction (the chapter's [0.9, 100.0]
 example), a gradient already inside the bound is untouched, and no branch depends on a value
 on the device: the functions never synchronize with it and can run inside a CUDA graph.
 
@@ -12,6 +12,7 @@ Each function takes gradients: plain tensors, or ``nn.Parameter``s, which stand 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -47,23 +48,38 @@ def clip_by_value_(tensors: Tensors, clip_value: float) -> None:
         torch._foreach_clamp_max_(grads, clip_value)
 
 
+def l2_norms(grads: list[Tensor]) -> list[Tensor]:
+    """Each tensor's L2 norm, computed and returned in float32 or wider.
+
+    A float16 gradient's norm overflows float16 past 65504, which would turn the clip factor into
+    0 and erase the gradient; float32 keeps it finite and exact to float32 precision.
+    """
+    dtype = functools.reduce(torch.promote_types, (grad.dtype for grad in grads), torch.float32)
+    return list(torch._foreach_norm(grads, 2, dtype=dtype))
+
+
 def scale_factors(norms: list[Tensor], max_norm: float) -> list[Tensor]:
-    """max_norm / max(norm, max_norm) for each norm: 1 inside the bound, shrinking outside it."""
-    return [max_norm / torch.clamp(norm, min=max_norm) for norm in norms]
+    """min(1, max_norm / norm) for each norm: exactly 1 inside the bound, shrinking outside it.
+
+    The ratio is clamped rather than max_norm divided by max(norm, max_norm): torch computes
+    scalar / tensor as scalar * (1 / tensor), which is off 1 by an ulp for tensor == scalar and
+    would nudge gradients that are inside the bound.
+    """
+    return [torch.clamp(max_norm / norm, max=1.0) for norm in norms]
 
 
 def clip_by_norm_(tensors: Tensors, max_norm: float) -> list[Tensor]:
     """Rescale each tensor on its own so its L2 norm is at most `max_norm` (Keras ``clipnorm``).
 
-    Returns each tensor's norm before clipping, as 0-d tensors on its device.
+    Returns each tensor's norm before clipping, as 0-d tensors on its device, in float32 or wider.
     """
     max_norm = check_finite("max_norm", max_norm, low=0.0, low_open=True)
     grads = gradients(tensors)
     if not grads:
         return []
-    norms = list(torch._foreach_norm(grads))
-    torch._foreach_mul_(grads, scale_factors(norms, max_norm))
-    return norms
+    before = l2_norms(grads)
+    torch._foreach_mul_(grads, scale_factors(before, max_norm))
+    return before
 
 
 def global_norm(tensors: Tensors) -> Tensor:
@@ -71,11 +87,8 @@ def global_norm(tensors: Tensors) -> Tensor:
     grads = gradients(tensors)
     if not grads:
         return torch.tensor(0.0)
-    norms = torch._foreach_norm(grads)
-    dtype = torch.float32
-    for norm in norms:
-        dtype = torch.promote_types(dtype, norm.dtype)
-    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device, dtype) for n in norms]))
+    each = l2_norms(grads)
+    return torch.linalg.vector_norm(torch.stack([norm.to(each[0].device) for norm in each]))
 
 
 def clip_by_global_norm_(tensors: Tensors, max_norm: float) -> Tensor:

@@ -34,8 +34,9 @@ class NonFiniteError(GradwellError):
 
 def closest(name: str, valid: Iterable[str]) -> str:
     """A ' (did you mean ...?)' hint for `name` among `valid`, or '' when nothing is close."""
-    match = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    by_lower = {str(v).lower(): v for v in valid}
+    match = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[match[0]]!r}?)" if match else ""
 
 
 def unknown_name(kind: str, name: object, valid: Iterable[str]) -> GradwellError:

@@ -64,10 +64,13 @@ def variance_scaling_(
     - ``truncated_normal``: N(0, (sigma / 0.8796...)^2) cut at two of its standard deviations,
       whose variance is sigma^2 again (Keras's ``truncated_normal``);
     - ``uniform``: U(-r, r) with r = sqrt(3 sigma^2).
+
+    Keras's name ``untruncated_normal`` is accepted for ``normal``.
     """
     scale = check_finite("scale", scale, low=0.0, low_open=True)
     if mode not in MODES:
         raise unknown_name("mode", mode, MODES)
+    distribution = {"untruncated_normal": "normal"}.get(distribution, distribution)  # Keras's name
     if distribution not in DISTRIBUTIONS:
         raise unknown_name("distribution", distribution, DISTRIBUTIONS)
     fan_in, fan_out = compute_fans(tensor.shape)
