@@ -11,10 +11,16 @@ import torch
 torch.set_num_threads(1)
 
 
+def as_float64(value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
 def rel_error(actual, expected) -> float:
     """max |actual - expected| / max(|expected|, tiny), in float64."""
-    actual = torch.as_tensor(actual).detach().to(torch.float64)
-    expected = torch.as_tensor(expected).detach().to(torch.float64)
+    actual = as_float64(actual)
+    expected = as_float64(expected)
     scale = expected.abs().max().clamp(min=1e-30)
     return float((actual - expected).abs().max() / scale)
 

@@ -1,11 +1,13 @@
 """Callbacks: small objects the training loop calls at fixed points, and early stopping.
 
 The loop calls, in order: ``on_train_begin`` once; ``on_step_begin`` and ``on_step_end`` around
-each optimizer step (with the step's loss still on the device: reading it synchronizes, so a
+each optimizer step, with the step's loss still on the device (reading it synchronizes, so a
 callback that must stay cheap reads it only on the steps it samples); ``on_epoch_end`` with the
-epoch's metrics; ``on_train_end`` once. A callback with state that matters for a resumed run
-returns it from ``state_dict`` and takes it back in ``load_state_dict``; it is checkpointed
-with the rest of the run.
+epoch's metrics; ``on_train_end`` once. A callback that registers hooks in ``on_step_begin``
+returns True from ``needs_eager_step`` for that step, so the fast path runs it eagerly rather
+than replaying a CUDA graph, which runs no hooks. A callback with state that matters for a
+resumed run returns it from ``state_dict`` and takes it back in ``load_state_dict``; it is
+checkpointed with the rest of the run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ class Callback:
     """Base class: every hook does nothing."""
 
     def on_train_begin(self, run: Run) -> None: ...
+
+    def needs_eager_step(self, run: Run) -> bool:
+        """True when this callback hooks into the coming step, which a CUDA graph replay would skip."""
+        return False
 
     def on_step_begin(self, run: Run) -> None: ...
 

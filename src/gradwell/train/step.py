@@ -1,47 +1,104 @@
-"""One training step: forward, loss, backward, optimizer update, max-norm.
+"""One training step, and the running metrics it adds to on the device.
 
-Gradient clipping is the optimizer's business (gradwell's optimizers take ``clipvalue``,
-``clipnorm`` or ``global_clipnorm``), so the step stays the same whatever the clipping.
+A step is forward, loss, backward, optimizer update (gradient clipping is the optimizer's
+business: gradwell's optimizers take ``clipvalue``, ``clipnorm`` or ``global_clipnorm``) and
+max-norm, then it adds its loss and hits to `Metrics`. Nothing in it reads a device value on the
+host, so the same step runs eagerly or captured in a CUDA graph (gradwell.train.fastpath).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
 
-from gradwell.regularize import l1_l2_penalty, max_norm_
+from gradwell.errors import unknown_name
+from gradwell.regularize import l1_l2_penalty, max_norm_, regularized_weights
 
-Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+Step = Callable[[Tensor, Tensor], Tensor]
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class Metrics:
+    """Running sums of one epoch, kept on the device and read once at its end.
+
+    The tensors are updated in place, never replaced, so a captured CUDA graph keeps adding to them.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.step = torch.zeros((), device=device, dtype=torch.int64)  # the global optimizer step
+        self.first_nonfinite = torch.full((), -1, device=device, dtype=torch.int64)
+
+    def start_epoch(self, step: int) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.step.fill_(step)
+        self.first_nonfinite.fill_(-1)
+
+    def add(self, loss: Tensor, hits: Tensor | None, count: int) -> None:
+        self.loss_sum.add_(loss.double(), alpha=count)
+        if hits is not None:
+            self.correct.add_(hits)
+        bad = (self.first_nonfinite < 0) & ~torch.isfinite(loss)
+        self.first_nonfinite.copy_(torch.where(bad, self.step, self.first_nonfinite))
+        self.step.add_(1)
+
+    def read(self, samples: int) -> tuple[dict[str, float], int]:
+        """(mean loss and accuracy, first non-finite step or -1): the epoch's one synchronization."""
+        values = torch.stack([self.loss_sum, self.correct.double(), self.first_nonfinite.double()]).tolist()
+        loss_sum, correct, first_nonfinite = values
+        return {"loss": loss_sum / samples, "accuracy": correct / samples}, int(first_nonfinite)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for forward and loss, or nothing for fp32."""
+    if precision not in PRECISIONS:
+        raise unknown_name("precision", precision, PRECISIONS)
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def make_step(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     optimizer: torch.optim.Optimizer,
+    metrics: Metrics,
     *,
     l1: float = 0.0,
     l2: float = 0.0,
     max_norm: float | None = None,
     accuracy: bool = True,
+    precision: str = "fp32",
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> Step:
-    """A function (x, y) -> (loss, number of correct predictions), both detached on the device.
+    """A function (x, y) -> loss that trains on one batch and adds it to `metrics`.
 
-    The loss returned is the data loss; the l1/l2 penalty is added only to what is differentiated.
+    The loss returned (detached, on the device) is the data loss; the l1/l2 penalty is added only
+    to what is differentiated. `forward` replaces ``model(x)``, e.g. by a compiled model.
     """
-    penalize = l1 > 0 or l2 > 0
+    forward = forward or model
+    weights = regularized_weights(model) if l1 > 0 or l2 > 0 else None
+    device = next(model.parameters()).device
+    autocast(device, precision)  # check the name now, not at the first step
 
-    def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def step(x: Tensor, y: Tensor) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
-        output = model(x)
-        loss = loss_fn(output, y)
-        objective = loss + l1_l2_penalty(model, l1, l2) if penalize else loss
+        with autocast(device, precision):
+            output = forward(x)
+            loss = loss_fn(output, y)
+        objective = loss + l1_l2_penalty(weights, l1, l2) if weights is not None else loss
         objective.backward()
         optimizer.step()
         if max_norm is not None:
             max_norm_(model, max_norm)
-        hits = (output.argmax(-1) == y).sum() if accuracy else torch.zeros((), dtype=torch.int64)
-        return loss.detach(), hits
+        loss = loss.detach()
+        metrics.add(loss, (output.argmax(-1) == y).sum() if accuracy else None, len(y))
+        return loss
 
     return step
