@@ -244,12 +244,12 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
     strip = [{k: v for k, v in e.items() if k != "time"} for e in history.epochs]
     assert strip == [{k: v for k, v in e.items() if k != "time"} for e in whole_history.epochs]
-    assert ckpt.saved_epochs(tmp_path / "parts") == [6, 5]
+    assert ckpt.saved_steps(tmp_path / "parts") == [48, 40]
 
 
 def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     train(blobs(), epochs=3, checkpoint_dir=tmp_path)
-    newest = ckpt.checkpoint_path(tmp_path, 3)
+    newest = ckpt.checkpoint_path(tmp_path, 24)  # 3 epochs of 8 steps
     payload = bytearray(newest.read_bytes())
     payload[-5] ^= 0xFF
     newest.write_bytes(bytes(payload))
@@ -257,12 +257,12 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog)
         ckpt.load(newest)
     state = ckpt.latest(tmp_path)
     assert state["epoch"] == 2
-    assert "epoch-0003.safetensors is corrupted" in caplog.text
+    assert "step-000000024.safetensors is corrupted" in caplog.text
 
 
 def test_a_truncated_or_foreign_file_is_refused(tmp_path):
     train(blobs(), epochs=1, checkpoint_dir=tmp_path)
-    path = ckpt.checkpoint_path(tmp_path, 1)
+    path = ckpt.checkpoint_path(tmp_path, 8)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="damaged"):
         ckpt.load(path)
@@ -272,7 +272,7 @@ def test_a_truncated_or_foreign_file_is_refused(tmp_path):
 
 def test_checkpoint_weights_are_plain_safetensors(tmp_path):
     model, _ = train(blobs(), epochs=1, checkpoint_dir=tmp_path)
-    tensors = load_file(ckpt.checkpoint_path(tmp_path, 1))
+    tensors = load_file(ckpt.checkpoint_path(tmp_path, 8))
     assert torch.equal(tensors["state.model.output.weight"], model.state_dict()["output.weight"])
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints: one safetensors file per epoch, written atomically, verified by checksum on load.
+"""Checkpoints: one safetensors file per save, written atomically, verified by checksum on load.
 
 Everything a bitwise-exact resume needs (weights, optimizer and scheduler state, RNG states,
 callback state, history) goes into one file. Tensors are stored as safetensors tensors; the rest
@@ -33,7 +33,7 @@ from gradwell.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 FORMAT = "gradwell-checkpoint-1"
-NAME = re.compile(r"^epoch-(\d+)\.safetensors$")
+NAME = re.compile(r"^step-(\d+)\.safetensors$")
 
 
 def flatten_state(tree: Any) -> tuple[Any, dict[str, Tensor]]:
@@ -138,12 +138,13 @@ def read_metadata(payload: bytes) -> dict[str, str]:
     return header.get("__metadata__", {})
 
 
-def checkpoint_path(directory: str | Path, epoch: int) -> Path:
-    return Path(directory) / f"epoch-{epoch:04d}.safetensors"
+def checkpoint_path(directory: str | Path, step: int) -> Path:
+    """Where the checkpoint taken after `step` optimizer steps lives."""
+    return Path(directory) / f"step-{step:09d}.safetensors"
 
 
-def saved_epochs(directory: str | Path) -> list[int]:
-    """Epoch numbers of the checkpoints in `directory`, newest first."""
+def saved_steps(directory: str | Path) -> list[int]:
+    """Step numbers of the checkpoints in `directory`, newest first."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -156,8 +157,8 @@ def latest(directory: str | Path) -> dict[str, Any] | None:
 
     A damaged newer checkpoint is skipped with a warning naming it; the previous one is used.
     """
-    for epoch in saved_epochs(directory):
-        path = checkpoint_path(directory, epoch)
+    for step in saved_steps(directory):
+        path = checkpoint_path(directory, step)
         try:
             return load(path)
         except CheckpointError as error:
@@ -167,8 +168,8 @@ def latest(directory: str | Path) -> dict[str, Any] | None:
 
 def prune(directory: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (older ones are never needed for a resume)."""
-    for epoch in saved_epochs(directory)[keep:]:
-        checkpoint_path(directory, epoch).unlink(missing_ok=True)
+    for step in saved_steps(directory)[keep:]:
+        checkpoint_path(directory, step).unlink(missing_ok=True)
 
 
 def load_weights(model: nn.Module, weights: dict[str, Tensor], source: str = "checkpoint") -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from gradwell.errors import ConfigError, NonFiniteError, unknown_name
-from gradwell.train import checkpoint
+from gradwell.errors import ConfigError, DataError, unknown_name
+from gradwell.train import state
 from gradwell.train.callbacks import Callback
 from gradwell.train.fastpath import (
     GraphedStep,
@@ -32,6 +32,7 @@ from gradwell.train.fastpath import (
     prepare_for_capture,
     restore_after_capture,
 )
+from gradwell.train.guard import Interrupted, explain_nonfinite, stop_on_sigint
 from gradwell.train.step import Metrics, make_step
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,15 @@ class Run:
     device: torch.device
     epochs: int
     steps_per_epoch: int
+    shuffle: torch.Generator
+    metrics: Metrics
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    position: int = 0  # batches done in the current epoch
+    epoch_shuffle: Tensor | None = None  # the shuffling generator's state when this epoch drew its order
     history: History = field(default_factory=History)
     stop_reason: str = ""
+    interrupted: bool = False  # set by the first Ctrl-C: stop after the current step
 
     def stop(self, reason: str) -> None:
         """Ask the loop to stop at the end of this epoch."""
@@ -140,6 +146,7 @@ def fit(
     device: str | torch.device | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    on_nonfinite: str = "stop",
     progress: bool = True,
     precision: str = "fp32",
     fast: bool = True,
@@ -159,9 +166,16 @@ def fit(
         seed: seeds the shuffling and every random op in the run (dropout); the global RNG is
             left as it was when `fit` returns.
         device: where to train; defaults to the device of the model's first parameter.
-        checkpoint_dir: write a checkpoint there after every epoch (the last two are kept).
-        resume: continue from the newest good checkpoint in `checkpoint_dir`; the run then ends
-            with the same weights as one never interrupted (bitwise on CPU).
+        checkpoint_dir: write a checkpoint there after every epoch, and on Ctrl-C after the
+            current step (the last two are kept).
+        resume: continue from the newest good checkpoint in `checkpoint_dir`, mid-epoch if it was
+            written on Ctrl-C; the run then ends with the same weights as one never interrupted
+            (bitwise on CPU).
+        on_nonfinite: "stop" (default): a non-finite loss ends the run with a NonFiniteError that
+            names the step and the first layer that produced the value, found by replaying the
+            epoch; the model keeps the weights from before that step. "skip": a step with a
+            non-finite loss or gradient is not applied and is counted (``skipped`` in the
+            history); this reads the device on every step.
         progress: show a progress bar (rich) on stderr.
         precision: "fp32", or "bf16" for bfloat16 autocast of forward and loss (weights, gradients
             and optimizer state stay in float32).
@@ -175,6 +189,10 @@ def fit(
     Returns the History: per epoch ``loss``, ``accuracy`` (classification), ``val_loss``,
     ``val_accuracy``, ``lr`` and ``time``. The training loss is the data loss alone, without
     the l1/l2 penalty, so that it compares with the validation loss.
+
+    Raises gradwell's own errors (ConfigError, DataError, NonFiniteError) for bad arguments, data
+    the model cannot take, and runs that diverge; `gradwell.train.guard.Interrupted` (a
+    KeyboardInterrupt) on Ctrl-C, after writing the checkpoint.
     """
     check_run_arguments(epochs, batch_size, checkpoint_dir, resume)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -182,6 +200,7 @@ def fit(
     x, y = data.train.x.to(device), data.train.y.to(device)
     val = getattr(data, "val", None)
     val = (val.x.to(device), val.y.to(device)) if val is not None and len(val.y) > 0 else None
+    check_data_fits_model(model, x, y, loss)
     callbacks = list(callbacks)
     bar = None
     if progress:
@@ -189,13 +208,19 @@ def fit(
 
         bar = ProgressBar()
         callbacks.append(bar)
-    run = Run(model, optimizer, scheduler, callbacks, device, epochs, -(-len(x) // batch_size))
     metrics = Metrics(device)
-    step = make_step(
+    run = Run(
         model,
-        resolve_loss(loss),
         optimizer,
+        scheduler,
+        callbacks,
+        device,
+        epochs,
+        -(-len(x) // batch_size),
+        torch.Generator(device=device).manual_seed(seed),
         metrics,
+    )
+    options = dict(
         l1=l1,
         l2=l2,
         max_norm=max_norm,
@@ -203,33 +228,45 @@ def fit(
         precision=precision,
         forward=torch.compile(model) if compile else None,
     )
-    path = choose_path(device, optimizer, scheduler, fast)
+    step = make_step(model, resolve_loss(loss), optimizer, metrics, on_nonfinite=on_nonfinite, **options)
+    path = choose_path(device, optimizer, scheduler, fast and on_nonfinite == "stop")
     log.info("%s", path)
     run.history.path = str(path)
     capturable = [group.get("capturable", False) for group in optimizer.param_groups]
     if path.name == "cuda-graph":
         prepare_for_capture(optimizer, device)
         step = GraphedStep(step, x[:batch_size], y[:batch_size])
-    shuffle = torch.Generator(device=device).manual_seed(seed)
+
+    def replay() -> tuple[int, Tensor, Tensor] | None:
+        checks = Metrics(device)
+        checked = make_step(model, resolve_loss(loss), optimizer, checks, on_nonfinite="skip", **options)
+        return replay_to_first_bad_step(run, checked, checks, x, y, batch_size)
+
     rng_devices = [device] if device.type == "cuda" else []
     try:
         with (
             torch.random.fork_rng(devices=rng_devices, device_type=device.type),
             closing(bar) if bar else nullcontext(),
+            stop_on_sigint(run),
         ):
             torch.manual_seed(seed)
             if resume:
-                restore(run, shuffle, checkpoint_dir)
+                state.restore(run, metrics, checkpoint_dir)
             for callback in callbacks:
                 callback.on_train_begin(run)
             while run.epoch < epochs and not run.stop_reason:
+                epoch_start = state.snapshot(run, metrics) if on_nonfinite == "stop" else None
                 started = time.perf_counter()
-                logs = train_epoch(run, step, metrics, x, y, batch_size, shuffle)
+                logs, first_nonfinite = train_epoch(run, step, x, y, batch_size)
+                if run.interrupted:
+                    raise interrupted(run, checkpoint_dir)
+                if first_nonfinite >= 0:
+                    raise explain_nonfinite(run, epoch_start, replay, resolve_loss(loss), first_nonfinite)
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in evaluate(model, *val, loss).items()})
                 end_epoch(run, logs, started)
                 if checkpoint_dir is not None:
-                    save(run, shuffle, checkpoint_dir)
+                    state.save(run, metrics, checkpoint_dir)
             for callback in callbacks:
                 callback.on_train_end(run)
     finally:
@@ -248,39 +285,95 @@ def check_run_arguments(epochs: int, batch_size: int, checkpoint_dir: Any, resum
         raise ConfigError("resume=True needs a checkpoint_dir to resume from")
 
 
+def check_data_fits_model(model: nn.Module, x: Tensor, y: Tensor, loss: Any) -> None:
+    """Fail before training when the data cannot go through the model, naming both shapes."""
+    if len(x) == 0 or len(x) != len(y):
+        raise DataError(
+            f"the training split has {len(x)} samples and {len(y)} labels; it needs as many "
+            "of each, and at least one"
+        )
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[0])
+        raise DataError(f"training sample {bad} holds a non-finite value (NaN or infinity)")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(x[:2])
+    except RuntimeError as error:
+        raise DataError(f"the model cannot take inputs of shape {tuple(x.shape[1:])}: {error}") from None
+    finally:
+        model.train(was_training)
+    if loss == "cross_entropy" and output.dim() == 2 and int(y.max()) >= output.shape[1]:
+        raise DataError(
+            f"labels go up to {int(y.max())}, but the model has {output.shape[1]} outputs; "
+            f"it needs {int(y.max()) + 1} for these classes"
+        )
+
+
+def epoch_batches(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The epoch's batches from `run.position` on, in the order its shuffling state gives."""
+    if run.position == 0:
+        run.epoch_shuffle = run.shuffle.get_state()
+    run.shuffle.set_state(run.epoch_shuffle)
+    order = torch.randperm(len(x), generator=run.shuffle, device=run.shuffle.device)
+    for start in range(run.position * batch_size, len(x), batch_size):
+        index = order[start : start + batch_size]
+        yield x[index], y[index]
+
+
 def train_epoch(
-    run: Run,
-    step: Callable,
-    metrics: Metrics,
-    x: Tensor,
-    y: Tensor,
-    batch_size: int,
-    shuffle: torch.Generator,
-) -> dict[str, float]:
-    """One pass over the shuffled training set; returns its mean loss and accuracy."""
+    run: Run, step: Callable, x: Tensor, y: Tensor, batch_size: int
+) -> tuple[dict[str, float], int]:
+    """Train from `run.position` to the end of the epoch (or to a Ctrl-C).
+
+    Returns the epoch's mean loss and accuracy, and the first step whose loss was non-finite (-1).
+    """
     run.model.train()
-    order = torch.randperm(len(x), generator=shuffle, device=shuffle.device)
-    metrics.start_epoch(run.step)
+    if run.position == 0:
+        run.metrics.start_epoch(run.step)
     per_step = run.scheduler is not None and not isinstance(run.scheduler, ReduceLROnPlateau)
     graphed = isinstance(step, GraphedStep)
-    for start in range(0, len(x), batch_size):
-        index = order[start : start + batch_size]
+    for xb, yb in epoch_batches(run, x, y, batch_size):
         eager = graphed and needs_eager_step(run.callbacks, run)
         for callback in run.callbacks:
             callback.on_step_begin(run)
-        loss = step(x[index], y[index], eager=eager) if graphed else step(x[index], y[index])
+        loss = step(xb, yb, eager=eager) if graphed else step(xb, yb)
         run.step += 1
+        run.position += 1
         if per_step:
             run.scheduler.step()
         for callback in run.callbacks:
             callback.on_step_end(run, loss)
-    logs, first_nonfinite = metrics.read(len(x))
-    if first_nonfinite >= 0:
-        raise NonFiniteError(
-            f"the training loss became non-finite at step {first_nonfinite} (epoch {run.epoch + 1}); "
-            "lower the learning rate or clip the gradients"
-        )
-    return logs
+        if run.interrupted:
+            return {}, -1
+    run.position = 0
+    return run.metrics.read()
+
+
+def replay_to_first_bad_step(
+    run: Run, checked: Callable, checks: Metrics, x: Tensor, y: Tensor, batch_size: int
+) -> tuple[int, Tensor, Tensor] | None:
+    """Train with a step that refuses non-finite updates until it refuses one; return that step."""
+    run.model.train()
+    per_step = run.scheduler is not None and not isinstance(run.scheduler, ReduceLROnPlateau)
+    for xb, yb in epoch_batches(run, x, y, batch_size):
+        checked(xb, yb)
+        if int(checks.skipped) > 0:
+            return run.step, xb, yb
+        run.step += 1
+        if per_step:
+            run.scheduler.step()
+    return None
+
+
+def interrupted(run: Run, checkpoint_dir: str | Path | None) -> Interrupted:
+    """Save where the run stopped on Ctrl-C and say how to go on."""
+    where = f"step {run.step} (epoch {run.epoch + 1}, batch {run.position})"
+    if checkpoint_dir is None:
+        return Interrupted(f"interrupted after {where}; no checkpoint_dir, so nothing was saved")
+    path = state.save(run, run.metrics, checkpoint_dir)
+    return Interrupted(f"interrupted after {where}; saved {path}: resume to go on from there", path)
 
 
 def end_epoch(run: Run, logs: dict[str, float], started: float) -> None:
@@ -292,56 +385,3 @@ def end_epoch(run: Run, logs: dict[str, float], started: float) -> None:
     log.info("epoch %d: %s", run.epoch, ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if k != "epoch"))
     for callback in run.callbacks:
         callback.on_epoch_end(run, logs)
-
-
-def rng_state(run: Run, shuffle: torch.Generator) -> dict[str, Tensor]:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if run.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(run.device)
-    return state
-
-
-def callback_key(index: int, callback: Callback) -> str:
-    return f"{index}:{type(callback).__name__}"
-
-
-def save(run: Run, shuffle: torch.Generator, directory: str | Path) -> None:
-    state = {
-        "epoch": run.epoch,
-        "step": run.step,
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-        "rng": rng_state(run, shuffle),
-        "callbacks": {callback_key(i, c): c.state_dict() for i, c in enumerate(run.callbacks)},
-        "history": run.history.epochs,
-        "stop_reason": run.stop_reason,
-    }
-    checkpoint.save(checkpoint.checkpoint_path(directory, run.epoch), state)
-    checkpoint.prune(directory, keep=2)
-
-
-def restore(run: Run, shuffle: torch.Generator, directory: str | Path) -> None:
-    """Put the run back in the state of the newest good checkpoint (a fresh start if none)."""
-    state = checkpoint.latest(directory)
-    if state is None:
-        log.info("no checkpoint in %s: starting from scratch", directory)
-        return
-    checkpoint.load_weights(run.model, state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.scheduler is not None and state["scheduler"] is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    shuffle.set_state(state["rng"]["shuffle"])
-    if "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
-    for i, callback in enumerate(run.callbacks):
-        key = callback_key(i, callback)
-        if key in state["callbacks"]:
-            callback.load_state_dict(state["callbacks"][key])
-        elif callback.state_dict():
-            log.warning("the checkpoint has no state for callback %s: it starts afresh", key)
-    run.epoch, run.step = state["epoch"], state["step"]
-    run.history.epochs = list(state["history"])
-    run.stop_reason = state["stop_reason"]
-    log.info("resumed from epoch %d (step %d)", run.epoch, run.step)

@@ -3,23 +3,28 @@
 A step is forward, loss, backward, optimizer update (gradient clipping is the optimizer's
 business: gradwell's optimizers take ``clipvalue``, ``clipnorm`` or ``global_clipnorm``) and
 max-norm, then it adds its loss and hits to `Metrics`. Nothing in it reads a device value on the
-host, so the same step runs eagerly or captured in a CUDA graph (gradwell.train.fastpath).
+host, so the same step runs eagerly or captured in a CUDA graph (gradwell.train.fastpath); the
+one exception is ``on_nonfinite="skip"``, which must look at each step's loss and gradients
+before deciding whether to apply the update.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from gradwell.clip import global_norm
 from gradwell.errors import unknown_name
 from gradwell.regularize import l1_l2_penalty, max_norm_, regularized_weights
 
 Step = Callable[[Tensor, Tensor], Tensor]
 
 PRECISIONS = ("fp32", "bf16")
+NONFINITE = ("stop", "skip")
 
 
 class Metrics:
@@ -28,31 +33,55 @@ class Metrics:
     The tensors are updated in place, never replaced, so a captured CUDA graph keeps adding to them.
     """
 
+    NAMES = ("loss_sum", "correct", "samples", "skipped", "step", "first_nonfinite")
+
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.samples = torch.zeros((), device=device, dtype=torch.int64)
+        self.skipped = torch.zeros((), device=device, dtype=torch.int64)
         self.step = torch.zeros((), device=device, dtype=torch.int64)  # the global optimizer step
         self.first_nonfinite = torch.full((), -1, device=device, dtype=torch.int64)
 
     def start_epoch(self, step: int) -> None:
-        self.loss_sum.zero_()
-        self.correct.zero_()
+        for name in ("loss_sum", "correct", "samples", "skipped"):
+            getattr(self, name).zero_()
         self.step.fill_(step)
         self.first_nonfinite.fill_(-1)
 
     def add(self, loss: Tensor, hits: Tensor | None, count: int) -> None:
         self.loss_sum.add_(loss.double(), alpha=count)
+        self.samples.add_(count)
         if hits is not None:
             self.correct.add_(hits)
         bad = (self.first_nonfinite < 0) & ~torch.isfinite(loss)
         self.first_nonfinite.copy_(torch.where(bad, self.step, self.first_nonfinite))
         self.step.add_(1)
 
-    def read(self, samples: int) -> tuple[dict[str, float], int]:
+    def skip(self) -> None:
+        self.skipped.add_(1)
+        self.step.add_(1)
+
+    def read(self) -> tuple[dict[str, float], int]:
         """(mean loss and accuracy, first non-finite step or -1): the epoch's one synchronization."""
-        values = torch.stack([self.loss_sum, self.correct.double(), self.first_nonfinite.double()]).tolist()
-        loss_sum, correct, first_nonfinite = values
-        return {"loss": loss_sum / samples, "accuracy": correct / samples}, int(first_nonfinite)
+        loss_sum, correct, samples, skipped, first = torch.stack(
+            [
+                getattr(self, name).double()
+                for name in ("loss_sum", "correct", "samples", "skipped", "first_nonfinite")
+            ]
+        ).tolist()
+        samples = max(samples, 1)
+        logs = {"loss": loss_sum / samples, "accuracy": correct / samples}
+        if skipped:
+            logs["skipped"] = int(skipped)
+        return logs, int(first)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self.NAMES}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.NAMES:
+            getattr(self, name).copy_(state[name])
 
 
 def autocast(device: torch.device, precision: str):
@@ -76,16 +105,24 @@ def make_step(
     accuracy: bool = True,
     precision: str = "fp32",
     forward: Callable[[Tensor], Tensor] | None = None,
+    on_nonfinite: str = "stop",
+    loss_scale: Callable[[int], float] | None = None,
 ) -> Step:
     """A function (x, y) -> loss that trains on one batch and adds it to `metrics`.
 
     The loss returned (detached, on the device) is the data loss; the l1/l2 penalty is added only
-    to what is differentiated. `forward` replaces ``model(x)``, e.g. by a compiled model.
+    to what is differentiated. `forward` replaces ``model(x)``, e.g. by a compiled model. With
+    ``on_nonfinite="skip"`` a step whose loss or gradients are not finite changes nothing and is
+    counted in ``metrics.skipped``. `loss_scale(batch)` weighs the loss that is differentiated (data
+    parallelism uses it for uneven shards).
     """
     forward = forward or model
     weights = regularized_weights(model) if l1 > 0 or l2 > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad]
     device = next(model.parameters()).device
-    autocast(device, precision)  # check the name now, not at the first step
+    autocast(device, precision)  # check the names now, not at the first step
+    if on_nonfinite not in NONFINITE:
+        raise unknown_name("on_nonfinite", on_nonfinite, NONFINITE)
 
     def step(x: Tensor, y: Tensor) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -93,11 +130,17 @@ def make_step(
             output = forward(x)
             loss = loss_fn(output, y)
         objective = loss + l1_l2_penalty(weights, l1, l2) if weights is not None else loss
+        if loss_scale is not None:
+            objective = objective * loss_scale(len(y))
         objective.backward()
+        loss = loss.detach()
+        if on_nonfinite == "skip" and not bool(torch.isfinite(loss) & torch.isfinite(global_norm(params))):
+            optimizer.zero_grad(set_to_none=True)
+            metrics.skip()
+            return loss
         optimizer.step()
         if max_norm is not None:
             max_norm_(model, max_norm)
-        loss = loss.detach()
         metrics.add(loss, (output.argmax(-1) == y).sum() if accuracy else None, len(y))
         return loss
 

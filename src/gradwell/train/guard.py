@@ -1,0 +1,101 @@
+"""What the loop does when a run goes wrong: Ctrl-C, and a loss that stops being finite.
+
+Ctrl-C: the first one asks the loop to stop after the current step (fit then writes a checkpoint
+that resumes mid-epoch); a second one interrupts at once, as usual.
+
+A non-finite loss: the loop learns of it at the end of the epoch, since it does not read the
+device on every step. It then restores the state it snapshotted at the start of the epoch and
+replays the epoch (deterministically: same RNG states, same batches) with a step that checks the
+loss and the gradients, up to the first step where either is non-finite; the stability doctor's
+probe of that step's batch names the first layer that produced a non-finite value. The model is
+left with the weights it had before that step, which are still finite.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from gradwell.errors import NonFiniteError
+from gradwell.train import state
+
+if TYPE_CHECKING:
+    from gradwell.train.loop import Run
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped after a step on Ctrl-C; `checkpoint` is where it was saved (or None)."""
+
+    def __init__(self, message: str, checkpoint: Any = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@contextmanager
+def stop_on_sigint(run: Run) -> Iterator[None]:
+    """While training, the first Ctrl-C sets ``run.interrupted``; the second raises at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        run.interrupted = True
+        signal.signal(signal.SIGINT, previous)
+        log.warning("stopping after the current step (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def explain_nonfinite(
+    run: Run,
+    epoch_start: dict[str, Any],
+    replay: Callable[[], tuple[int, Tensor, Tensor] | None],
+    loss_fn: Callable,
+    reported_step: int,
+) -> NonFiniteError:
+    """Replay the epoch from `epoch_start` to its first bad step and name the first non-finite layer.
+
+    `replay()` trains from the restored state with a step that checks the loss and the gradients
+    on every step, stops before applying the first bad one, and returns (step, x, y) for it.
+    """
+    state.apply(run, run.metrics, epoch_start)
+    found = replay()
+    if found is None:  # the replay diverged from the run: say what the run saw
+        return NonFiniteError(
+            f"the training loss became non-finite at step {reported_step} "
+            f"(epoch {run.epoch + 1}); replaying the epoch did not reproduce it"
+        )
+    step, x, y = found
+    where = first_nonfinite_layer(run, x, y, loss_fn)
+    return NonFiniteError(
+        f"training became non-finite at step {step} (epoch {run.epoch + 1}){where}. The model keeps the "
+        "weights from before that step, and the last checkpoint (if any) is untouched. Lower the learning "
+        "rate, or clip the gradients (e.g. optimizer global_clipnorm); `gradwell diagnose` shows where "
+        "gradients grow"
+    )
+
+
+def first_nonfinite_layer(run: Run, x: Tensor, y: Tensor, loss_fn: Callable) -> str:
+    """Where the doctor's probe of the bad step's batch first sees a non-finite value."""
+    from gradwell.diagnose import probe
+
+    report = probe(run.model, x, y, loss_fn)
+    if report.nonfinite_forward == "inputs":
+        return ": the batch itself holds non-finite values"
+    if report.nonfinite_forward is not None:
+        return f": the first non-finite value appeared in the output of {report.nonfinite_forward}"
+    if report.nonfinite_backward is not None:
+        return f": the forward pass was finite; the gradient became non-finite at {report.nonfinite_backward}"
+    return ""

@@ -1,0 +1,98 @@
+"""A run's whole state as one tree: what a checkpoint holds, and what a replay restarts from.
+
+`capture` takes everything that decides the rest of a run (weights, optimizer and scheduler
+state, RNG states, the epoch's shuffling, the position inside the epoch and its running metrics,
+callback state, history); `apply` puts it back. Restoring it and training on gives, on the CPU,
+bit for bit the run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from gradwell.train import checkpoint
+
+if TYPE_CHECKING:
+    from gradwell.train.loop import Run
+    from gradwell.train.step import Metrics
+
+log = logging.getLogger(__name__)
+
+KEEP = 2  # checkpoints kept: the newest, and the one before it in case the newest is damaged
+
+
+def callback_key(index: int, callback: Any) -> str:
+    return f"{index}:{type(callback).__name__}"
+
+
+def capture(run: Run, metrics: Metrics) -> dict[str, Any]:
+    """The run's state; tensors are the live ones (checkpoint.save copies them, `snapshot` clones)."""
+    rng = {"torch": torch.get_rng_state(), "shuffle": run.shuffle.get_state()}
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    return {
+        "epoch": run.epoch,
+        "step": run.step,
+        "position": run.position,
+        "epoch_shuffle": run.epoch_shuffle,
+        "metrics": metrics.state_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "rng": rng,
+        "callbacks": {callback_key(i, c): c.state_dict() for i, c in enumerate(run.callbacks)},
+        "history": run.history.epochs,
+        "stop_reason": run.stop_reason,
+    }
+
+
+def snapshot(run: Run, metrics: Metrics) -> dict[str, Any]:
+    """A copy of the state in memory, for replaying an epoch (e.g. to find a non-finite step)."""
+    return copy.deepcopy(capture(run, metrics))
+
+
+def apply(run: Run, metrics: Metrics, state: dict[str, Any]) -> None:
+    """Put the run back in `state`."""
+    checkpoint.load_weights(run.model, state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None and state["scheduler"] is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    run.shuffle.set_state(state["rng"]["shuffle"])
+    if "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
+    for i, callback in enumerate(run.callbacks):
+        key = callback_key(i, callback)
+        if key in state["callbacks"]:
+            callback.load_state_dict(state["callbacks"][key])
+        elif callback.state_dict():
+            log.warning("the checkpoint has no state for callback %s: it starts afresh", key)
+    run.epoch, run.step, run.position = state["epoch"], state["step"], state["position"]
+    run.epoch_shuffle = state["epoch_shuffle"]
+    metrics.load_state_dict(state["metrics"])
+    run.history.epochs = list(state["history"])
+    run.stop_reason = state["stop_reason"]
+
+
+def save(run: Run, metrics: Metrics, directory: str | Path) -> Path:
+    """Write the run's checkpoint for its current step; keep the newest KEEP."""
+    path = checkpoint.checkpoint_path(directory, run.step)
+    checkpoint.save(path, capture(run, metrics))
+    checkpoint.prune(directory, keep=KEEP)
+    return path
+
+
+def restore(run: Run, metrics: Metrics, directory: str | Path) -> bool:
+    """Put the run in the state of the newest good checkpoint; False (a fresh start) if none."""
+    state = checkpoint.latest(directory)
+    if state is None:
+        log.info("no checkpoint in %s: starting from scratch", directory)
+        return False
+    apply(run, metrics, state)
+    log.info("resumed at step %d (epoch %d, batch %d of it)", run.step, run.epoch + 1, run.position)
+    return True

@@ -1,0 +1,240 @@
+"""Runs that go wrong: non-finite values, Ctrl-C, SIGKILL, bad data. Nothing is lost or corrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import OrderedDict
+
+import pytest
+import torch
+from test_train import blobs
+from torch import nn
+
+from gradwell import models, optim
+from gradwell.data import Dataset, Split
+from gradwell.errors import DataError, NonFiniteError
+from gradwell.train import Callback, fit
+from gradwell.train import checkpoint as ckpt
+from gradwell.train.guard import Interrupted
+
+
+class Blowup(nn.Module):
+    """Multiplies by infinity from its `at`-th training forward on: a deterministic overflow.
+
+    Its counter is a buffer, so checkpoints and the loop's epoch snapshot restore it and a replay
+    overflows at the same step.
+    """
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        self.calls += 1
+        return x * float("inf") if int(self.calls) >= self.at else x
+
+
+def model_with_blowup(at):
+    model = models.mlp(8, 3, hidden=[16, 16], generator=torch.Generator().manual_seed(0))
+    block = model.hidden1  # linear, blowup, then activation
+    model.hidden1 = nn.Sequential(
+        OrderedDict(linear=block.linear, blowup=Blowup(at), activation=block.activation)
+    )
+    return model
+
+
+def test_a_non_finite_loss_names_the_step_and_the_first_layer_and_keeps_finite_weights(tmp_path):
+    model = model_with_blowup(at=13)  # the 13th training forward: step 12, in epoch 2 (8 steps each)
+    optimizer = optim.create("sgd", model.parameters(), lr=0.01)
+    with pytest.raises(NonFiniteError) as caught:
+        fit(
+            model,
+            blobs(),
+            optimizer=optimizer,
+            epochs=3,
+            batch_size=32,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    message = str(caught.value)
+    assert "at step 12 (epoch 2)" in message
+    assert "appeared in the output of hidden1.blowup" in message
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert ckpt.saved_steps(tmp_path) == [8]  # epoch 1 only: nothing non-finite was saved
+    assert torch.isfinite(ckpt.load(ckpt.checkpoint_path(tmp_path, 8))["model"]["output.weight"]).all()
+
+
+def test_skip_mode_skips_and_counts_non_finite_steps():
+    model = model_with_blowup(at=3)
+    model.hidden1[1].register_forward_hook(
+        lambda m, i, o: o if int(m.calls) != 3 else o.new_full(o.shape, float("nan"))
+    )
+    model.hidden1[1].at = 10**9  # overflow only through the hook, on the third forward
+    optimizer = optim.create("adam", model.parameters(), lr=0.01)
+    history = fit(
+        model, blobs(), optimizer=optimizer, epochs=2, batch_size=32, on_nonfinite="skip", progress=False
+    )
+    assert history.epochs[0]["skipped"] == 1 and "skipped" not in history.epochs[1]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(torch.tensor(history.metric("loss"))).all()
+
+
+class InterruptAt(Callback):
+    """Behaves as the first Ctrl-C would, after step `at`."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, run, loss):
+        if run.step == self.at:
+            run.interrupted = True
+
+
+def run_blobs(directory, callbacks=(), resume=False, epochs=4):
+    model = models.mlp(8, 3, hidden=[16, 16], dropout=0.2, generator=torch.Generator().manual_seed(1))
+    optimizer = optim.create("nadam", model.parameters(), lr=0.01)
+    scheduler = optim.schedule("power", optimizer, s=5)
+    history = fit(
+        model,
+        blobs(),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=epochs,
+        batch_size=32,
+        seed=2,
+        callbacks=callbacks,
+        checkpoint_dir=directory,
+        resume=resume,
+        progress=False,
+    )
+    return model, history
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
+    whole, whole_history = run_blobs(tmp_path / "whole")
+    with pytest.raises(Interrupted, match=r"interrupted after step 11 \(epoch 2, batch 3\)") as caught:
+        run_blobs(tmp_path / "cut", callbacks=[InterruptAt(11)])
+    assert caught.value.checkpoint == ckpt.checkpoint_path(tmp_path / "cut", 11)
+    resumed, history = run_blobs(tmp_path / "cut", resume=True)
+    assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
+    strip = lambda h: [{k: v for k, v in e.items() if k != "time"} for e in h.epochs]  # noqa: E731
+    assert strip(history) == strip(whole_history)
+
+
+def test_fit_refuses_data_the_model_cannot_take():
+    data = blobs()
+    model = models.mlp(5, 3, hidden=[4])
+    optimizer = optim.create("sgd", model.parameters())
+    with pytest.raises(DataError, match=r"cannot take inputs of shape \(8,\)"):
+        fit(model, data, optimizer=optimizer, epochs=1, progress=False)
+    small = models.mlp(8, 2, hidden=[4])
+    with pytest.raises(DataError, match="labels go up to 2, but the model has 2 outputs"):
+        fit(small, data, optimizer=optim.create("sgd", small.parameters()), epochs=1, progress=False)
+    x = data.train.x.clone()
+    x[7, 3] = float("nan")
+    bad = Dataset(Split(x, data.train.y), data.val, data.test, 3, "nan")
+    fine = models.mlp(8, 3, hidden=[4])
+    with pytest.raises(DataError, match="training sample 7 holds a non-finite value"):
+        fit(fine, bad, optimizer=optim.create("sgd", fine.parameters()), epochs=1, progress=False)
+    with pytest.raises(DataError, match="0 samples"):
+        empty = Dataset(Split(x[:0], data.train.y[:0]), data.val, data.test, 3, "empty")
+        fit(fine, empty, optimizer=optim.create("sgd", fine.parameters()), epochs=1, progress=False)
+
+
+# --- real signals, in a subprocess ------------------------------------------------------------
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time, torch
+    from gradwell import models, optim
+    from gradwell.data import Dataset, Split
+    from gradwell.train import Callback, fit
+
+    class Slow(Callback):  # slow enough for a signal to land anywhere in the run
+        def on_step_end(self, run, loss):
+            time.sleep(0.003)
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(600, 20, generator=g), torch.randint(0, 4, (600,), generator=g)
+    data = Dataset(Split(x[:500], y[:500]), Split(x[500:], y[500:]), Split(x[:0], y[:0]), 4, "random")
+    model = models.mlp(20, 4, hidden=[32, 32], dropout=0.1, batchnorm="before",
+                       generator=torch.Generator().manual_seed(0))
+    optimizer = optim.create("nadam", model.parameters(), lr=0.005)
+    fit(model, data, optimizer=optimizer, epochs=6, batch_size=25, seed=3, checkpoint_dir=sys.argv[1],
+        resume=True, callbacks=[Slow()], progress=False)
+    torch.save(model.state_dict(), sys.argv[2])
+    """
+)
+
+
+def start(script, checkpoints, weights):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.Popen(
+        [sys.executable, str(script), str(checkpoints), str(weights)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(script, checkpoints, weights):
+    done = start(script, checkpoints, weights)
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err
+    return torch.load(weights, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("whole")
+    script = folder / "train.py"
+    script.write_text(SCRIPT)
+    return script, finish(script, folder / "checkpoints", folder / "weights.pt")
+
+
+def wait_for_a_new_checkpoint(process, checkpoints, timeout=60):
+    seen = set(ckpt.saved_steps(checkpoints))
+    started = time.monotonic()
+    while not set(ckpt.saved_steps(checkpoints)) - seen:
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() - started < timeout
+        time.sleep(0.005)
+
+
+def test_killed_with_sigkill_at_random_moments_then_resumed_gives_the_same_weights(tmp_path, uninterrupted):
+    script, expected = uninterrupted
+    checkpoints = tmp_path / "checkpoints"
+    for delay in (0.0, 0.023, 0.051):  # right after a checkpoint is renamed into place, and mid-epoch
+        process = start(script, checkpoints, tmp_path / "weights.pt")
+        wait_for_a_new_checkpoint(process, checkpoints)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert ckpt.latest(checkpoints) is not None
+    weights = finish(script, checkpoints, tmp_path / "weights.pt")
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_sigint_stops_after_a_step_writes_a_checkpoint_and_resumes_to_the_same_weights(
+    tmp_path, uninterrupted
+):
+    script, expected = uninterrupted
+    checkpoints = tmp_path / "checkpoints"
+    process = start(script, checkpoints, tmp_path / "weights.pt")
+    wait_for_a_new_checkpoint(process, checkpoints)
+    time.sleep(0.03)
+    before = set(ckpt.saved_steps(checkpoints))
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0 and "Interrupted" in err and "resume to go on" in err
+    assert set(ckpt.saved_steps(checkpoints)) - before  # a new, mid-epoch checkpoint
+    weights = finish(script, checkpoints, tmp_path / "weights.pt")
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
