@@ -46,16 +46,43 @@ def batch_norm_affine(
     return scale, shift
 
 
+def local_moments(x: Tensor, reduced: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    var, mean = torch.var_mean(x, dim=reduced, correction=0, keepdim=True)
+    return mean, var
+
+
+def synced_moments(x: Tensor, reduced: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance over the batch of every data-parallel process together.
+
+    Sums of x and x^2 are all-reduced with torch.distributed.nn's differentiable all_reduce, so
+    gradients flow through the other processes' statistics too, as in torch's SyncBatchNorm.
+    Every process must hold a batch of the same size.
+    """
+    from torch.distributed import get_world_size
+    from torch.distributed.nn.functional import all_reduce
+
+    count = math.prod(x.shape[d] for d in reduced) * get_world_size()
+    sums = all_reduce(torch.stack([x.sum(reduced, keepdim=True), (x * x).sum(reduced, keepdim=True)]))
+    mean = sums[0] / count
+    return mean, (sums[1] / count - mean * mean).clamp_min(0.0)
+
+
 def batch_norm(
-    x: Tensor, kept_axes: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
+    x: Tensor,
+    kept_axes: tuple[int, ...],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    synced: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Normalize `x` with its own batch statistics; return (output, batch mean, biased batch variance).
 
-    Statistics are taken over every axis of `x` not in `kept_axes` (which are non-negative).
-    `weight` and `bias` have the shape of the kept axes. The returned statistics have that shape too.
+    Statistics are taken over every axis of `x` not in `kept_axes` (which are non-negative), and
+    over the batches of all data-parallel processes when `synced`. `weight` and `bias` have the
+    shape of the kept axes. The returned statistics have that shape too.
     """
     reduced = tuple(d for d in range(x.dim()) if d not in kept_axes)
-    var, mean = torch.var_mean(x, dim=reduced, correction=0, keepdim=True)
+    mean, var = synced_moments(x, reduced) if synced else local_moments(x, reduced)
     scale, shift = batch_norm_affine(
         mean, var, eps, broadcastable(weight, x, kept_axes), broadcastable(bias, x, kept_axes)
     )
@@ -87,6 +114,9 @@ class BatchNorm(LazyModuleMixin, nn.Module):
             adds its own bias, drop `scale` before a ReLU-like unit followed by a linear layer.
 
     Attributes:
+        sync: when True and training data-parallel (torch.distributed), the batch statistics are
+            those of all processes' batches together, as with torch's SyncBatchNorm; set by
+            ``gradwell.train.distributed.sync_batchnorm``.
         frozen: when True, the layer normalizes with its moving statistics and leaves them alone,
             even in training mode; set by ``gradwell.transfer.freeze`` (the Keras semantics of a
             non-trainable BatchNormalization layer).
@@ -113,6 +143,7 @@ class BatchNorm(LazyModuleMixin, nn.Module):
         self.center = center
         self.scale = scale
         self.frozen = False
+        self.sync = False
         if num_features is None:
             self.weight = UninitializedParameter() if scale else None
             self.bias = UninitializedParameter() if center else None
@@ -165,7 +196,7 @@ class BatchNorm(LazyModuleMixin, nn.Module):
                 f"BatchNorm was built for features of shape {tuple(self.running_mean.shape)} on axis "
                 f"{format_axis(self.axis)}, but the input of shape {tuple(x.shape)} has {shape} there"
             )
-        if kept == (1,):
+        if kept == (1,) and not self.synced():
             return self.channel_batch_norm(x)
         if self.training and not self.frozen:
             return self.normalize_with_batch_statistics(x, kept)
@@ -173,6 +204,16 @@ class BatchNorm(LazyModuleMixin, nn.Module):
             self.running_mean, self.running_var, self.eps, self.weight, self.bias
         )
         return x * broadcastable(scale, x, kept) + broadcastable(shift, x, kept)
+
+    def synced(self) -> bool:
+        """Whether training statistics span all data-parallel processes (``sync`` and more than one)."""
+        return (
+            self.sync
+            and self.training
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        )
 
     def values_per_feature(self, x: Tensor, kept: tuple[int, ...]) -> int:
         """How many values each statistic averages; training needs 2 or more."""
@@ -191,7 +232,7 @@ class BatchNorm(LazyModuleMixin, nn.Module):
 
     def normalize_with_batch_statistics(self, x: Tensor, kept: tuple[int, ...]) -> Tensor:
         self.values_per_feature(x, kept)
-        out, mean, var = batch_norm(x, kept, self.weight, self.bias, self.eps)
+        out, mean, var = batch_norm(x, kept, self.weight, self.bias, self.eps, synced=self.synced())
         self.update_moving_statistics(mean, var)
         return out
 

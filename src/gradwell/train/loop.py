@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from gradwell.errors import ConfigError, DataError, unknown_name
-from gradwell.train import state
+from gradwell.errors import ConfigError, DataError, NonFiniteError, unknown_name
+from gradwell.train import distributed, state
 from gradwell.train.callbacks import Callback
 from gradwell.train.fastpath import (
     GraphedStep,
@@ -151,6 +151,7 @@ def fit(
     precision: str = "fp32",
     fast: bool = True,
     compile: bool = False,
+    sync_batchnorm: bool = False,
 ) -> History:
     """Train `model` on `data.train`, validating on `data.val` (when present) after each epoch.
 
@@ -185,6 +186,8 @@ def fit(
         compile: run the forward pass through ``torch.compile``, which fuses bias, activation and
             their backward into fewer kernels; worth it on GPUs, where kernel launches dominate,
             rarely on CPUs, where the compile takes longer than it saves on short runs.
+        sync_batchnorm: when training data-parallel, BatchNorm statistics over all processes'
+            shards together (gradwell.train.distributed says how runs under torchrun work).
 
     Returns the History: per epoch ``loss``, ``accuracy`` (classification), ``val_loss``,
     ``val_accuracy``, ``lr`` and ``time``. The training loss is the data loss alone, without
@@ -201,9 +204,14 @@ def fit(
     val = getattr(data, "val", None)
     val = (val.x.to(device), val.y.to(device)) if val is not None and len(val.y) > 0 else None
     check_data_fits_model(model, x, y, loss)
+    parallel = distributed.active()
+    if parallel:
+        distributed.check_batch_size(batch_size)
+        if sync_batchnorm:
+            distributed.sync_batchnorm(model)
     callbacks = list(callbacks)
     bar = None
-    if progress:
+    if progress and distributed.is_main():
         from gradwell.train.progress import ProgressBar
 
         bar = ProgressBar()
@@ -216,7 +224,7 @@ def fit(
         callbacks,
         device,
         epochs,
-        -(-len(x) // batch_size),
+        len(x) // batch_size if parallel else -(-len(x) // batch_size),
         torch.Generator(device=device).manual_seed(seed),
         metrics,
     )
@@ -226,10 +234,10 @@ def fit(
         max_norm=max_norm,
         accuracy=loss in CLASSIFICATION,
         precision=precision,
-        forward=torch.compile(model) if compile else None,
+        forward=distributed.wrap(model, device) if parallel else torch.compile(model) if compile else None,
     )
     step = make_step(model, resolve_loss(loss), optimizer, metrics, on_nonfinite=on_nonfinite, **options)
-    path = choose_path(device, optimizer, scheduler, fast and on_nonfinite == "stop")
+    path = choose_path(device, optimizer, scheduler, fast and on_nonfinite == "stop" and not parallel)
     log.info("%s", path)
     run.history.path = str(path)
     capturable = [group.get("capturable", False) for group in optimizer.param_groups]
@@ -247,7 +255,7 @@ def fit(
         with (
             torch.random.fork_rng(devices=rng_devices, device_type=device.type),
             closing(bar) if bar else nullcontext(),
-            stop_on_sigint(run),
+            nullcontext() if parallel else stop_on_sigint(run),
         ):
             torch.manual_seed(seed)
             if resume:
@@ -260,13 +268,16 @@ def fit(
                 logs, first_nonfinite = train_epoch(run, step, x, y, batch_size)
                 if run.interrupted:
                     raise interrupted(run, checkpoint_dir)
+                if first_nonfinite >= 0 and parallel:
+                    raise NonFiniteError(f"the training loss became non-finite at step {first_nonfinite}")
                 if first_nonfinite >= 0:
                     raise explain_nonfinite(run, epoch_start, replay, resolve_loss(loss), first_nonfinite)
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in evaluate(model, *val, loss).items()})
                 end_epoch(run, logs, started)
-                if checkpoint_dir is not None:
+                if checkpoint_dir is not None and distributed.is_main():
                     state.save(run, metrics, checkpoint_dir)
+                distributed.barrier()
             for callback in callbacks:
                 callback.on_train_end(run)
     finally:
@@ -312,14 +323,19 @@ def check_data_fits_model(model: nn.Module, x: Tensor, y: Tensor, loss: Any) -> 
 
 
 def epoch_batches(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """The epoch's batches from `run.position` on, in the order its shuffling state gives."""
+    """The epoch's batches from `run.position` on, in the order its shuffling state gives.
+
+    Data-parallel, each process gets its shard of every full global batch.
+    """
     if run.position == 0:
         run.epoch_shuffle = run.shuffle.get_state()
     run.shuffle.set_state(run.epoch_shuffle)
     order = torch.randperm(len(x), generator=run.shuffle, device=run.shuffle.device)
-    for start in range(run.position * batch_size, len(x), batch_size):
+    parallel = distributed.active()
+    end = len(x) - len(x) % batch_size if parallel else len(x)
+    for start in range(run.position * batch_size, end, batch_size):
         index = order[start : start + batch_size]
-        yield x[index], y[index]
+        yield distributed.shard(x[index], y[index]) if parallel else (x[index], y[index])
 
 
 def train_epoch(

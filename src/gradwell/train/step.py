@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from gradwell.clip import global_norm
 from gradwell.errors import unknown_name
 from gradwell.regularize import l1_l2_penalty, max_norm_, regularized_weights
+from gradwell.train import distributed
 
 Step = Callable[[Tensor, Tensor], Tensor]
 
@@ -63,7 +64,12 @@ class Metrics:
         self.step.add_(1)
 
     def read(self) -> tuple[dict[str, float], int]:
-        """(mean loss and accuracy, first non-finite step or -1): the epoch's one synchronization."""
+        """(mean loss and accuracy, first non-finite step or -1): the epoch's one synchronization.
+
+        Data-parallel, the sums are first added up over all processes.
+        """
+        distributed.reduce_sums([self.loss_sum, self.correct, self.samples, self.skipped])
+        distributed.first_step(self.first_nonfinite)
         loss_sum, correct, samples, skipped, first = torch.stack(
             [
                 getattr(self, name).double()
