@@ -30,6 +30,7 @@ from torch import nn
 from gradwell import data as datasets
 from gradwell import models, optim
 from gradwell.config import Config, check_call
+from gradwell.diagnose import Monitor, Report, probe_split
 from gradwell.errors import ConfigError, unknown_name
 from gradwell.plots import learning_curves
 from gradwell.train import EarlyStopping, fit
@@ -62,6 +63,7 @@ class JobResult:
     seconds: float
     model: nn.Module = field(repr=False)
     dataset: datasets.Dataset = field(repr=False)
+    doctor: Report | None = field(default=None, repr=False)  # the final model probed on 256 samples
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,7 @@ class JobResult:
             "final": self.epochs[-1] if self.epochs else {},
             "stop_reason": self.stop_reason,
             "seconds": self.seconds,
+            "doctor": self.doctor.to_dict() if self.doctor is not None else None,
         }
 
 
@@ -160,6 +163,8 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl")]
     if train.early_stopping is not None:
         callbacks.append(EarlyStopping(patience=train.early_stopping))
+    monitor = Monitor()
+    callbacks.append(monitor)
     started = time.perf_counter()
     history = fit(
         prepared.model,
@@ -190,6 +195,9 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
     learning_curves(history.epochs, run_dir / "learning_curves.png", title=run_dir.name)
     result = JobResult(
         run_dir, test_metrics, history.epochs, history.stop_reason, seconds, prepared.model, prepared.dataset
+    )
+    result.doctor = probe_split(
+        prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed
     )
     (run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result

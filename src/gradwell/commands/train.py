@@ -64,4 +64,6 @@ def run(args: argparse.Namespace) -> int:
     ]
     rows += [(f"test {k}", f"{v:.4f}") for k, v in result.test.items()]
     console.print(key_value_table(f"gradwell train: {result.run_dir}", rows))
+    if result.doctor is not None:
+        console.print(result.doctor.summary())
     return 0

@@ -1,0 +1,169 @@
+"""`probe`: one forward and backward pass, measured layer by layer, with the doctor's verdicts.
+
+The pass runs in training mode (batch statistics, dropout on), since that is where gradients
+matter, but leaves no trace: the modules' modes, every buffer (BatchNorm's moving statistics),
+the parameters' ``.grad`` and the global RNG are as they were before. Weight gradients come from
+``torch.autograd.grad``, the output gradients from tensor hooks on each layer's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradwell.clip import global_norm
+from gradwell.diagnose.layers import Layer, ModelFacts, find_layers, model_facts
+from gradwell.diagnose.report import LayerReport, Report
+from gradwell.diagnose.rules import Thresholds, diagnose
+from gradwell.diagnose.stats import STATS, Recorder, finite_or_none, weight_stats
+from gradwell.errors import GradwellError
+from gradwell.train.loop import resolve_loss
+
+if TYPE_CHECKING:
+    from gradwell.diagnose.monitor import Monitor
+
+SAMPLES = 4096  # values per layer kept for the histograms
+
+
+def probe(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
+    *,
+    monitor: Monitor | None = None,
+    thresholds: Thresholds | None = None,
+    seed: int = 0,
+) -> Report:
+    """Measure `model` on one batch, at initialization or at any point of training.
+
+    Per layer (see ``gradwell.diagnose.layers`` for what a layer is): the activations' mean, std
+    and percentiles, the saturated and dead fractions, the norm and std of the gradient with
+    respect to the layer's output and to its weights, the weights' norm, non-finite counts; for
+    the model: the loss, the global gradient norm, the first module whose output is non-finite
+    while its inputs are finite, and the first layer (in backward order) with a non-finite
+    gradient. With a `monitor` that watched training, its history joins the report and the
+    verdicts, and the initialization is named from the weights it saw when training began.
+    `seed` seeds dropout for this pass only.
+    """
+    layers = find_layers(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise GradwellError("the model has no trainable parameters: there are no gradients to probe")
+    loss_fn = resolve_loss(loss_fn)
+    with untouched(model), Recorder(layers, keep_samples=SAMPLES) as recorder, NonFinite(model) as nonfinite:
+        torch.manual_seed(seed)
+        loss = loss_fn(model(inputs), targets)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    by_param = {id(p): g for p, g in zip(params, grads, strict=True)}
+    rows = [weight_stats(layer.weights, [by_param.get(id(w)) for w in layer.weights]) for layer in layers]
+    table = recorder.table(rows, loss.device).cpu()
+    report = Report(
+        layers=layer_reports(layers, table),
+        loss=float(loss.detach()),
+        grad_norm=float(global_norm([g for g in grads if g is not None])),
+        nonfinite_forward=nonfinite.first(inputs),
+        nonfinite_backward=first_nonfinite_gradient(layers, table),
+        model=facts(model, layers, monitor),
+        history=monitor.history() if monitor is not None else None,
+        samples={
+            "activations": host_samples(layers, recorder.act_samples),
+            "gradients": host_samples(layers, recorder.grad_samples),
+        },
+    )
+    report.verdicts = diagnose(report, thresholds or Thresholds())
+    return report
+
+
+def facts(model: nn.Module, layers: list[Layer], monitor: Monitor | None) -> ModelFacts:
+    """The model's facts; the initialization is named from the weights the Monitor saw when
+    training began, since trained weights have drifted from it."""
+    now = model_facts(model, layers)
+    if monitor is None or monitor.facts is None:
+        return now
+    return dataclasses.replace(now, init=monitor.facts.init, fan_in_scale=monitor.facts.fan_in_scale)
+
+
+def host_samples(layers: list[Layer], samples: dict[int, Tensor]) -> dict[str, np.ndarray]:
+    """Sampled values per layer name, in forward order, as float numpy arrays."""
+    return {layers[i].name: samples[i].float().cpu().numpy() for i in sorted(samples)}
+
+
+def layer_reports(layers: list[Layer], table: Tensor) -> list[LayerReport]:
+    """One LayerReport per row of a (layers, STATS) host table; NaN and infinities become None
+    (the non-finite counts say which it was)."""
+    values = table.tolist()
+    return [
+        LayerReport(layer.name, layer.kind, {k: finite_or_none(v) for k, v in zip(STATS, row, strict=True)})
+        for layer, row in zip(layers, values, strict=True)
+    ]
+
+
+def first_nonfinite_gradient(layers: list[Layer], table: Tensor) -> str | None:
+    """The layer nearest the output whose output gradient has non-finite values."""
+    column = table[:, STATS.index("out_grad_nonfinite")]
+    for i in reversed(range(len(layers))):
+        if column[i] > 0:
+            return layers[i].name
+    return None
+
+
+@contextmanager
+def untouched(model: nn.Module):
+    """Run in training mode, then restore every module's mode, every buffer and the global RNG."""
+    modes = {module: module.training for module in model.modules()}
+    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    devices = [t.device for t in (*model.parameters(), *model.buffers()) if t.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=devices):
+        model.train()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, buffer in model.named_buffers():
+                    buffer.copy_(buffers[name])
+            for module, training in modes.items():
+                module.training = training
+
+
+class NonFinite:
+    """Forward hooks on every leaf module recording whether its inputs and output are finite."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+        self.calls: list[tuple[str, Tensor, Tensor]] = []
+        self.handles: list = []
+
+    def __enter__(self) -> NonFinite:
+        self.handles = [module.register_forward_hook(self.hook(name)) for name, module in self.leaves]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def hook(self, name: str):
+        def record(module: nn.Module, inputs: tuple, output: object) -> None:
+            if not isinstance(output, Tensor):
+                return
+            tensors = [t for t in inputs if isinstance(t, Tensor) and t.is_floating_point()]
+            finite_in = torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else None
+            self.calls.append((name, finite_in, torch.isfinite(output).all()))
+
+        return record
+
+    def first(self, inputs: Tensor) -> str | None:
+        """ "inputs" when the batch itself is non-finite, else the first module that produced a
+        non-finite output from finite inputs (a module that merely passes one on is skipped)."""
+        if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+            return "inputs"
+        for name, finite_in, finite_out in self.calls:
+            if not bool(finite_out) and (finite_in is None or bool(finite_in)):
+                return name
+        return None

@@ -1,0 +1,406 @@
+"""The doctor's rules: symptoms in a Report, verdicts with their evidence, the chapter's fixes.
+
+Each rule reads a Report (one measured pass, and a Monitor's history when there is one) and
+returns a Verdict or None; "healthy" is the verdict when no rule fires. The fixes name the
+model's own activation, initialization and layers, and the clipping threshold computed from the
+gradient norms seen. The thresholds are the fields of ``Thresholds``, with their reasons.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gradwell.init import RECOMMENDED
+
+if TYPE_CHECKING:
+    from gradwell.diagnose.layers import ModelFacts
+    from gradwell.diagnose.report import Report
+
+VERDICTS = (
+    "healthy",
+    "vanishing_gradients",
+    "exploding_gradients",
+    "saturation",
+    "dead_units",
+    "uneven_learning",
+    "non_finite",
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where a symptom becomes a verdict. Gradient ratios compare the scale of the gradient with
+    respect to a layer's output (its RMS for a dense layer; stats.gradient_stats), first layer /
+    last layer: under plain SGD, how much slower the lower layers learn."""
+
+    # 1/100: two orders of magnitude lost between the output and the first layer. Healthy nets
+    # stay well inside: a 30-layer He ReLU net measures ~0.5, a 100-layer LeCun SELU net 13 to 25
+    # (SELU's backward gain is about 1.035 per layer), while a 30-layer ReLU net with Glorot init
+    # measures ~2e-5 and a 20-layer sigmoid net with Glorot init ~1e-12.
+    vanishing_ratio: float = 1e-2
+    exploding_ratio: float = 1e2  # the mirror image of vanishing_ratio
+    # a sampled global gradient norm 100x its median over training: the "cliff" of Pascanu et al.
+    # (2013), which is what global-norm clipping is for
+    spike_ratio: float = 1e2
+    # a quarter of a sigmoid or tanh layer's outputs in the flat tails (stats.SATURATION): sigmoid
+    # with N(0, 1) init measures ~0.5 in every layer, with Glorot init ~0
+    saturated: float = 0.25
+    # half of a ReLU layer's units zero on the whole batch. At initialization a 30-layer He ReLU
+    # net already shows up to 0.48 in its deepest layers on a batch of 256 (the inputs of deep
+    # ReLU layers grow correlated), which trains fine, so the bar sits above it
+    dead: float = 0.5
+    # the fastest-learning layer 100x faster than the slowest, by update ratio ||dW|| / ||W||
+    # (a Monitor) or, in a single probe, by relative gradient ||grad W|| / ||W||
+    uneven_ratio: float = 1e2
+    # the clipping threshold proposed: the 90th percentile of the global gradient norms seen,
+    # which leaves nine steps in ten untouched and cuts the spikes
+    clip_percentile: float = 90.0
+
+
+@dataclass
+class Verdict:
+    """A diagnosis: its name (one of VERDICTS), a one-line summary, the numbers behind it, the
+    fixes made concrete for this model, and the layers concerned."""
+
+    name: str
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    fixes: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DISPLAY = {
+    "relu": "ReLU",
+    "leaky_relu": "leaky ReLU",
+    "rrelu": "RReLU",
+    "prelu": "PReLU",
+    "elu": "ELU",
+    "selu": "SELU",
+    "gelu": "GELU",
+    "swish": "Swish",
+    "mish": "Mish",
+}
+INIT_DISPLAY = {"he_normal": "He", "lecun_normal": "LeCun", "glorot_uniform": "Glorot"}
+INIT_WHY = {
+    "he_normal": "which keeps the signal's variance through ReLU-like layers (He et al., 2015)",
+    "lecun_normal": "under which SELU layers self-normalize (Klambauer et al., 2017)",
+    "glorot_uniform": "which balances forward and backward variances (Glorot and Bengio, 2010)",
+}
+BOUNDED = ("sigmoid", "tanh")
+ADAPTIVE_HINT = (
+    "an adaptive optimizer (Adam or Nadam), which scales each parameter's step by its own gradients"
+)
+
+
+def display(activation: str) -> str:
+    return DISPLAY.get(activation, activation)
+
+
+def finite(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def architecture_fixes(facts: ModelFacts) -> list[str]:
+    """The chapter's remedies for an unstable signal, for this activation and initialization."""
+    activation, init = facts.activation, facts.init
+    fixes = []
+    if activation in BOUNDED:
+        fixes.append(
+            f"{activation} with {init} initialization: use He initialization with ReLU or Swish"
+            + ("" if facts.batchnorm else ", or add batch normalization")
+        )
+    elif activation in RECOMMENDED and INIT_DISPLAY.get(RECOMMENDED[activation]) != init:
+        name = RECOMMENDED[activation]
+        fixes.append(
+            f"{display(activation)} with {init} initialization: use {INIT_DISPLAY[name]} initialization "
+            f'(init="{name}"), {INIT_WHY[name]}'
+        )
+    if activation == "selu":
+        fixes += selu_fixes(facts)
+    elif not facts.batchnorm and activation not in BOUNDED:
+        fixes.append('add batch normalization before each activation (batchnorm="before")')
+    return fixes
+
+
+def selu_fixes(facts: ModelFacts) -> list[str]:
+    fixes = ["SELU network with dropout: use AlphaDropout"] if facts.dropout else []
+    return fixes + [
+        f"SELU network: {problem}" for problem in facts.self_normalizing_problems if "dropout" not in problem
+    ]
+
+
+def clip_fix(report: Report, thresholds: Thresholds) -> str | None:
+    """ "clip with global_clipnorm=X", X the chosen percentile of the gradient norms seen."""
+    norms = finite(report.history.grad_norm) if report.history is not None else []
+    if norms:
+        value = float(np.percentile(norms, thresholds.clip_percentile))
+        seen = f"the {thresholds.clip_percentile:g}th percentile of the {len(norms)} gradient norms seen"
+    elif math.isfinite(report.grad_norm) and report.grad_norm > 0:
+        value = report.grad_norm
+        seen = "the gradient norm of the probed batch; a Monitor during training gives a percentile"
+    else:
+        return None
+    return f"clip with global_clipnorm={value:.3g} ({seen})"
+
+
+def lower_lr(report: Report, step: int | None = None) -> str:
+    """ "lower the learning rate", with its value at `step` (default: the last sampled step)."""
+    history = report.history
+    if history is None or not history.lr:
+        return "lower the learning rate"
+    i = history.steps.index(step) if step in history.steps else -1
+    return f"lower the learning rate (it was {history.lr[i]:.3g} at step {history.steps[i]})"
+
+
+def vanishing_gradients(report: Report, thresholds: Thresholds) -> Verdict | None:
+    ratio = report.gradient_ratio
+    if ratio is None or not ratio < thresholds.vanishing_ratio:
+        return None
+    first, last = report.layers[0].name, report.layers[-1].name
+    return Verdict(
+        "vanishing_gradients",
+        f"the gradient shrinks {1 / ratio:.3g}x on its way back from {last} to {first}",
+        signal_evidence(report, ratio),
+        architecture_fixes(report.model),
+        [first],
+    )
+
+
+def exploding_gradients(report: Report, thresholds: Thresholds) -> Verdict | None:
+    ratio = report.gradient_ratio
+    spike = gradient_spike(report)
+    grows = ratio is not None and ratio > thresholds.exploding_ratio
+    spikes = spike is not None and spike > thresholds.spike_ratio
+    if not (grows or spikes):
+        return None
+    first, last = report.layers[0].name, report.layers[-1].name
+    summary = (
+        f"the gradient grows {ratio:.3g}x on its way back from {last} to {first}"
+        if grows
+        else f"the global gradient norm spiked to {spike:.3g}x its median during training"
+    )
+    evidence = {**signal_evidence(report, ratio), "spike_ratio": spike}
+    fixes = [*architecture_fixes(report.model), clip_fix(report, thresholds)]
+    return Verdict("exploding_gradients", summary, evidence, [f for f in fixes if f], [first])
+
+
+def gradient_spike(report: Report) -> float | None:
+    """max / median of the global gradient norms a Monitor sampled, None without enough of them."""
+    norms = finite(report.history.grad_norm) if report.history is not None else []
+    if len(norms) < 3 or statistics.median(norms) <= 0:
+        return None
+    return max(norms) / statistics.median(norms)
+
+
+def signal_evidence(report: Report, ratio: float | None) -> dict[str, Any]:
+    hidden = report.layers[:-1] or report.layers
+    return {
+        "gradient_ratio": ratio,
+        "out_grad_scale_first": report.layers[0].stats["out_grad_scale"],
+        "out_grad_scale_last": report.layers[-1].stats["out_grad_scale"],
+        "act_std_first": hidden[0].stats["act_std"],
+        "act_std_last_hidden": hidden[-1].stats["act_std"],
+        "activation": report.model.activation,
+        "init": report.model.init,
+    }
+
+
+def over(report: Report, stat: str, kinds: tuple[str, ...], limit: float) -> dict[str, float]:
+    """{layer: value} of the layers of `kinds` whose `stat` exceeds `limit`."""
+    return {
+        layer.name: layer.stats[stat]
+        for layer in report.layers
+        if layer.kind in kinds and layer.stats[stat] is not None and layer.stats[stat] > limit
+    }
+
+
+def saturation(report: Report, thresholds: Thresholds) -> Verdict | None:
+    found = over(report, "saturated", BOUNDED, thresholds.saturated)
+    if not found:
+        return None
+    worst = max(found, key=found.get)
+    facts = report.model
+    fix = f"{facts.activation} with {facts.init} initialization: use He initialization with ReLU or Swish"
+    fix += (
+        ", as batch normalization did not prevent it" if facts.batchnorm else ", or add batch normalization"
+    )
+    return Verdict(
+        "saturation",
+        f"{len(found)} layer(s) with over {thresholds.saturated:.0%} of their outputs saturated "
+        f"(up to {found[worst]:.0%} in {worst})",
+        {"saturated": found, "threshold": thresholds.saturated},
+        [fix],
+        list(found),
+    )
+
+
+def dead_units(report: Report, thresholds: Thresholds) -> Verdict | None:
+    found = over(report, "dead", ("relu",), thresholds.dead)
+    if not found:
+        return None
+    worst = max(found, key=found.get)
+    fixes = [
+        f"ReLU with {found[worst]:.0%} of {worst}'s units dead: use leaky ReLU (alpha 0.2), ELU, SELU or "
+        "Swish, which pass a gradient for negative inputs"
+    ]
+    if report.model.init != "He":
+        fixes.append(
+            f'ReLU with {report.model.init} initialization: use He initialization (init="he_normal")'
+        )
+    if report.history is not None:
+        fixes.append(f"{lower_lr(report)}: a large step can push a unit's inputs below 0 for good")
+    return Verdict(
+        "dead_units",
+        f"{len(found)} ReLU layer(s) with over {thresholds.dead:.0%} of their units dead on the batch "
+        f"(up to {found[worst]:.0%} in {worst})",
+        {"dead": found, "threshold": thresholds.dead},
+        fixes,
+        list(found),
+    )
+
+
+def learning_speeds(report: Report) -> tuple[str, dict[str, float]]:
+    """Per layer, how fast it learns: the median update ratio a Monitor saw, or in a probe the
+    relative gradient ||grad W|| / ||W|| (the update ratio of plain SGD, up to the learning rate)."""
+    speeds = report.median_update_ratios()
+    if speeds:
+        return "update_ratio", speeds
+    speeds = {}
+    for layer in report.layers:
+        grad, weight = layer.stats["weight_grad_norm"], layer.stats["weight_norm"]
+        if grad is not None and weight:
+            speeds[layer.name] = grad / weight
+    return "relative_gradient", speeds
+
+
+def uneven_learning(report: Report, thresholds: Thresholds) -> Verdict | None:
+    measure, speeds = learning_speeds(report)
+    speeds = {name: v for name, v in speeds.items() if math.isfinite(v) and v > 0}
+    if len(speeds) < 2:
+        return None
+    slowest, fastest = min(speeds, key=speeds.get), max(speeds, key=speeds.get)
+    spread = speeds[fastest] / speeds[slowest]
+    if not spread > thresholds.uneven_ratio:
+        return None
+    fixes = architecture_fixes(report.model)
+    optimizer = report.history.optimizer if report.history is not None else ""
+    if optimizer == "SGD":
+        fixes.append(f"use {ADAPTIVE_HINT}, instead of SGD")
+    elif not optimizer:
+        fixes.append(f"train with {ADAPTIVE_HINT}")
+    return Verdict(
+        "uneven_learning",
+        f"{fastest} learns {spread:.3g}x faster than {slowest} (by {measure.replace('_', ' ')})",
+        {"measure": measure, "spread": spread, "slowest": slowest, "fastest": fastest, "per_layer": speeds},
+        fixes,
+        [slowest, fastest],
+    )
+
+
+def non_finite(report: Report, thresholds: Thresholds) -> Verdict | None:
+    def layers_with(stat: str) -> list[str]:
+        return [layer.name for layer in report.layers if (layer.stats[stat] or 0) > 0]
+
+    activations, gradients = layers_with("act_nonfinite"), layers_with("out_grad_nonfinite")
+    gradients += [
+        layer.name
+        for layer in report.layers
+        if layer.stats["weight_norm"] is not None and layer.stats["weight_grad_norm"] is None
+    ]
+    layers = activations or list(dict.fromkeys(gradients))
+    step = first_nonfinite_step(report)
+    bad = layers or step is not None or report.nonfinite_forward or not math.isfinite(report.loss)
+    if not bad:
+        return None
+    where = report.nonfinite_forward
+    if where == "inputs":
+        fixes = ["the input batch holds NaN or infinite values: clean or impute the data"]
+    elif where:
+        fixes = [
+            f"{where} is the first module to output non-finite values from finite inputs: an overflow "
+            "from weights grown too large, or a log or division of 0"
+        ]
+    else:
+        fixes = []
+    fixes.append(lower_lr(report, step))
+    clip = clip_fix(report, thresholds)
+    fixes += [clip] if clip else []
+    if where:
+        summary = f"non-finite values, first produced by {where}"
+    elif report.nonfinite_backward:
+        summary = f"non-finite gradients, first at the output of {report.nonfinite_backward}"
+    elif layers:
+        summary = f"non-finite weight gradients in {', '.join(layers)}"
+    else:
+        summary = "non-finite values during training"
+    if step is not None:
+        summary += f" (first seen at step {step})"
+    evidence = {
+        "loss": report.loss if math.isfinite(report.loss) else str(report.loss),
+        "first_forward": report.nonfinite_forward,
+        "first_backward": report.nonfinite_backward,
+        "activations": activations,
+        "gradients": list(dict.fromkeys(gradients)),
+        "first_step": step,
+    }
+    return Verdict("non_finite", summary, evidence, fixes, layers)
+
+
+def first_nonfinite_step(report: Report) -> int | None:
+    history = report.history
+    if history is None or not len(history.steps):
+        return None
+    bad = ~np.isfinite(np.asarray(history.loss)) | ~np.isfinite(np.asarray(history.grad_norm))
+    counts = [history.series(s) for s in ("act_nonfinite", "out_grad_nonfinite")]
+    bad |= np.nansum(counts[0] + counts[1], axis=1) > 0
+    return int(history.steps[int(np.argmax(bad))]) if bad.any() else None
+
+
+RULES: tuple[Callable[[Report, Thresholds], Verdict | None], ...] = (
+    non_finite,
+    exploding_gradients,
+    vanishing_gradients,
+    saturation,
+    dead_units,
+    uneven_learning,
+)
+
+
+def diagnose(report: Report, thresholds: Thresholds | None = None) -> list[Verdict]:
+    """The verdicts of every rule that fires, or [healthy] with the numbers that say so."""
+    thresholds = thresholds or Thresholds()
+    verdicts = [v for rule in RULES if (v := rule(report, thresholds)) is not None]
+    return verdicts or [healthy(report)]
+
+
+def healthy(report: Report) -> Verdict:
+    def largest(stat: str) -> float | None:
+        values = finite([layer.stats[stat] for layer in report.layers])
+        return max(values) if values else None
+
+    measure, speeds = learning_speeds(report)
+    speeds = finite(list(speeds.values()))
+    spread = max(speeds) / min(speeds) if speeds and min(speeds) > 0 else None
+    ratio = report.gradient_ratio
+    numbers = [f"first/last layer gradient ratio {ratio:.3g}"] if ratio is not None else []
+    numbers += [f"layer learning speeds within {spread:.3g}x"] if spread is not None else []
+    return Verdict(
+        "healthy",
+        "no instability found" + (": " + ", ".join(numbers) if numbers else ""),
+        {
+            "gradient_ratio": ratio,
+            "max_saturated": largest("saturated"),
+            "max_dead": largest("dead"),
+            "speed_measure": measure,
+            "speed_spread": spread,
+        },
+    )

@@ -1,0 +1,601 @@
+"""The stability doctor: statistics against plain references, verdicts on models built to show
+them, the Monitor's sampling, the JSON schema and the command line."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import rel_error
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from gradwell import config as configs
+from gradwell import models, optim
+from gradwell.diagnose import (
+    STATS,
+    VERDICTS,
+    Monitor,
+    Thresholds,
+    diagnose,
+    find_layers,
+    probe,
+    run_scenario,
+)
+from gradwell.diagnose.rules import clip_fix
+from gradwell.diagnose.scenarios import SCENARIOS, digits, twice_he_normal_
+from gradwell.diagnose.stats import PERCENTILES, activation_stats, dead_fraction, saturated_fraction
+from gradwell.errors import ConfigError, GradwellError, NonFiniteError
+from gradwell.train import Callback, fit
+
+
+def mlp(seed=0, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return models.mlp(64, 10, generator=torch.Generator().manual_seed(seed), **options)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    data = digits()
+    pick = torch.randperm(len(data.train.y), generator=torch.Generator().manual_seed(7))[:256]
+    return data.train.x[pick], data.train.y[pick]
+
+
+def names(report):
+    return [v.name for v in report.verdicts]
+
+
+# statistics against plain references
+
+
+def test_activation_statistics_match_numpy(generator):
+    y = torch.randn(300, 50, generator=generator) * 3 + 1
+    stats = dict(zip(STATS, activation_stats(y, "linear").tolist(), strict=False))
+    values = y.double().numpy().ravel()
+    assert rel_error(stats["act_mean"], values.mean()) < 1e-5
+    assert rel_error(stats["act_std"], values.std()) < 1e-5
+    expected = np.percentile(values, PERCENTILES)
+    actual = [stats[f"act_p{p}"] for p in PERCENTILES]
+    assert rel_error(actual, expected) < 1e-5
+    assert math.isnan(stats["saturated"]) and math.isnan(stats["dead"]) and stats["act_nonfinite"] == 0
+
+
+def test_saturated_fraction_uses_the_documented_bounds(generator):
+    z = torch.randn(400, 30, generator=generator) * 4
+    sig, tanh = torch.sigmoid(z), torch.tanh(z)
+    s, t = sig.double().numpy(), tanh.double().numpy()
+    assert float(saturated_fraction(sig, "sigmoid")) == pytest.approx(((s < 0.01) | (s > 0.99)).mean())
+    assert float(saturated_fraction(tanh, "tanh")) == pytest.approx((np.abs(t) > 0.99).mean())
+    assert math.isnan(float(saturated_fraction(torch.relu(z), "relu")))
+
+
+def test_dead_units_counted_exactly_on_a_constructed_network(generator, batch):
+    x, y = batch
+    model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
+    dead = [1, 4, 6]
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(8, 64, generator=generator))
+        model[0].bias.zero_()
+        model[0].weight[dead] = 0.0
+        model[0].bias[dead] = -1.0  # pre-activation -1 for every sample
+    report = probe(model, x, y)
+    assert report.layers[0].stats["dead"] == len(dead) / 8
+    # a unit alive for one sample only is not dead
+    h = torch.zeros(5, 3)
+    h[2, 1] = 0.5
+    assert float(dead_fraction(h, "relu")) == pytest.approx(2 / 3)
+    # convolutions: a channel is dead when zero at every position of every sample
+    c = torch.rand(4, 3, 7, generator=generator)
+    c[:, 0] = 0.0
+    c[1:, 2] = 0.0
+    assert float(dead_fraction(c, "relu")) == pytest.approx(1 / 3)
+    assert math.isnan(float(dead_fraction(c, "selu")))
+
+
+def test_gradients_match_autograd_in_float64(batch):
+    x, y = batch
+    model = mlp(depth=3, width=32, activation="tanh")
+    report = probe(model, x, y)
+    # reference: the same network in float64, gradients by autograd
+    ref = [
+        m.double() for m in (model.hidden1.linear, model.hidden2.linear, model.hidden3.linear, model.output)
+    ]
+    h, outs = x.double(), []
+    for linear in ref[:-1]:
+        h = torch.tanh(linear(h))
+        h.retain_grad()
+        outs.append(h)
+    logits = ref[-1](h)
+    logits.retain_grad()
+    F.cross_entropy(logits, y).backward()
+    for layer, out, linear in zip(report.layers, [*outs, logits], ref, strict=True):
+        assert rel_error(layer.stats["out_grad_norm"], out.grad.norm()) < 1e-5
+        assert rel_error(layer.stats["out_grad_std"], out.grad.std(correction=0)) < 1e-5
+        assert rel_error(layer.stats["out_grad_scale"], out.grad.pow(2).mean().sqrt()) < 1e-5
+        assert rel_error(layer.stats["weight_grad_norm"], linear.weight.grad.norm()) < 1e-5
+        assert rel_error(layer.stats["weight_norm"], linear.weight.norm()) < 1e-5
+    grads = [p.grad for m in ref for p in m.parameters()]
+    assert rel_error(report.grad_norm, torch.sqrt(sum((g**2).sum() for g in grads))) < 1e-5
+
+
+def test_probe_leaves_no_trace(batch):
+    x, y = batch
+    model = mlp(depth=3, width=32, activation="relu", batchnorm="before", dropout=0.2).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    probe(model, x, y)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(m.training for m in model.modules())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_layers_of_builders_and_of_any_module():
+    model = mlp(depth=3, width=16, activation="sigmoid")
+    assert [(layer.name, layer.kind) for layer in find_layers(model)] == [
+        ("hidden1", "sigmoid"),
+        ("hidden2", "sigmoid"),
+        ("hidden3", "sigmoid"),
+        ("output", "linear"),
+    ]
+    generic = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 2))
+    layers = find_layers(generic)
+    assert [(layer.name, layer.kind) for layer in layers] == [("1", "tanh"), ("3", "relu"), ("4", "linear")]
+    assert layers[1].weights[0] is generic[2].weight
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.b(F.relu(self.a(x)))
+
+    assert [layer.name for layer in find_layers(Functional())] == ["a", "b"]
+
+
+def test_probe_measures_a_cnn_per_channel(batch):
+    x, y = batch
+    model = models.cnn((64,), 10, channels=(4, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.conv1.conv.bias[2] = -100.0  # channel 2 dead everywhere
+    report = probe(model, x, y)
+    assert [(layer.name, layer.kind) for layer in report.layers] == [
+        ("conv1", "relu"),
+        ("conv2", "relu"),
+        ("output", "linear"),
+    ]
+    # a channel is dead when zero at every position of every sample; measured before the pooling
+    with torch.no_grad():
+        h1 = torch.relu(model.conv1.conv(model.unflatten(x)))
+        h2 = torch.relu(model.conv2.conv(model.conv1.pool(h1)))
+    expected = [float((h == 0).all(dim=2).all(dim=0).double().mean()) for h in (h1, h2)]
+    assert expected[0] == 0.25
+    assert [layer.stats["dead"] for layer in report.layers[:2]] == pytest.approx(expected)
+    assert rel_error(report.layers[1].stats["act_std"], h2.double().std(correction=0)) < 1e-5
+
+
+# verdicts, each on a model built to show it, and not on a healthy one
+
+
+@pytest.fixture(scope="module")
+def reports(batch):
+    x, y = batch
+    built = {
+        "healthy_relu": mlp(depth=30, width=100, activation="relu"),
+        "healthy_selu": mlp(depth=30, width=100, activation="selu"),
+        "vanishing": mlp(depth=30, width=100, activation="relu", init="glorot_normal"),
+        "exploding": mlp(depth=30, width=100, activation="relu", init=twice_he_normal_),
+        "saturation": mlp(depth=5, width=100, activation="sigmoid", init="standard_normal"),
+        "dead": mlp(depth=3, width=50, activation="relu"),
+        "selu_dropout": mlp(depth=100, width=100, activation="selu", dropout=0.2, alpha_dropout=False),
+    }
+    built["overflow"] = mlp(depth=4, width=32, activation="elu")
+    with torch.no_grad():
+        built["dead"].hidden2.linear.bias[:40] = -100.0
+        built["overflow"].hidden2.linear.weight.mul_(1e38)  # infinite activations, NaN gradients
+    return {name: probe(model, x, y) for name, model in built.items()}
+
+
+@pytest.mark.parametrize(
+    ("model", "verdict"),
+    [
+        ("vanishing", "vanishing_gradients"),
+        ("exploding", "exploding_gradients"),
+        ("saturation", "saturation"),
+        ("saturation", "uneven_learning"),
+        ("dead", "dead_units"),
+    ],
+)
+def test_each_verdict_fires_on_its_model_and_not_on_healthy_ones(reports, model, verdict):
+    assert verdict in names(reports[model])
+    assert names(reports["healthy_relu"]) == ["healthy"]
+    assert names(reports["healthy_selu"]) == ["healthy"]
+
+
+def test_fixes_are_concrete_for_the_model(reports):
+    (saturation,) = [v for v in reports["saturation"].verdicts if v.name == "saturation"]
+    assert (
+        "sigmoid with N(0, 1) initialization: use He initialization with ReLU or Swish, "
+        "or add batch normalization" in saturation.fixes
+    )
+    vanishing = reports["vanishing"].verdicts[0]
+    assert vanishing.fixes[0].startswith(
+        'ReLU with Glorot initialization: use He initialization (init="he_normal")'
+    )
+    assert vanishing.evidence["gradient_ratio"] == pytest.approx(reports["vanishing"].gradient_ratio)
+    exploding = reports["exploding"].verdicts[0]
+    assert any(f.startswith("clip with global_clipnorm=") for f in exploding.fixes)
+    dead = reports["dead"].verdicts[0]
+    assert dead.layers == ["hidden2"] and dead.evidence["dead"]["hidden2"] == pytest.approx(0.8)
+    selu = [f for v in reports["selu_dropout"].verdicts for f in v.fixes]
+    assert "SELU network with dropout: use AlphaDropout" in selu
+
+
+@pytest.mark.parametrize(
+    ("field", "measure", "verdict", "fires_above"),
+    [
+        ("vanishing_ratio", lambda r: r.gradient_ratio, "vanishing_gradients", False),
+        ("exploding_ratio", lambda r: r.gradient_ratio, "exploding_gradients", True),
+        ("saturated", lambda r: max(layer.stats["saturated"] or 0 for layer in r.layers), "saturation", True),
+        ("dead", lambda r: max(layer.stats["dead"] or 0 for layer in r.layers), "dead_units", True),
+        (
+            "uneven_ratio",
+            lambda r: (
+                max(speeds := [l.stats["weight_grad_norm"] / l.stats["weight_norm"] for l in r.layers])
+                / min(speeds)
+            ),
+            "uneven_learning",
+            True,
+        ),
+    ],
+)
+def test_both_sides_of_each_threshold(reports, field, measure, verdict, fires_above):
+    # a threshold just past the measured value flips the verdict
+    report = reports["saturation" if field == "saturated" else "healthy_relu"]
+    value = measure(report)
+    just_inside, just_outside = (value * 1.01, value * 0.99) if fires_above else (value * 0.99, value * 1.01)
+    assert verdict not in names_of(diagnose(report, Thresholds(**{field: just_inside})))
+    assert verdict in names_of(diagnose(report, Thresholds(**{field: just_outside})))
+
+
+def names_of(verdicts):
+    return [v.name for v in verdicts]
+
+
+def test_first_nonfinite_layer_is_named_when_a_nan_is_injected(batch):
+    x, y = batch
+    model = mlp(depth=5, width=32, activation="elu")
+    with torch.no_grad():
+        model.hidden3.linear.weight[3, 5] = math.nan
+    report = probe(model, x, y)
+    assert report.nonfinite_forward == "hidden3.linear"
+    verdict = report.verdicts[0]
+    assert verdict.name == "non_finite" and verdict.layers == ["hidden3", "hidden4", "hidden5", "output"]
+    assert "hidden3.linear" in verdict.summary
+
+    bad = x.clone()
+    bad[0, 0] = math.inf
+    assert probe(mlp(depth=2, width=8), bad, y).nonfinite_forward == "inputs"
+
+    class PoisonGradient(nn.Module):  # finite forward, NaN backward
+        def forward(self, h):
+            h = h.clone()
+            h.register_hook(lambda g: torch.full_like(g, math.nan))
+            return h
+
+    plain = mlp(depth=4, width=16, activation="relu")
+    children = list(plain.named_children())
+    poisoned = nn.Sequential(OrderedDict([*children[:2], ("poison", PoisonGradient()), *children[2:]]))
+    report = probe(poisoned, x, y)
+    assert report.nonfinite_forward is None and report.nonfinite_backward == "hidden2"
+    assert names(report) == ["non_finite"]
+
+
+def test_probe_rejects_a_model_without_trainable_parameters(batch):
+    model = mlp(depth=1, width=4).requires_grad_(False)
+    with pytest.raises(GradwellError, match="no trainable parameters"):
+        probe(model, *batch)
+
+
+# the Monitor
+
+
+class Spy(Callback):
+    """Placed after a Monitor: records at each step whether hooks are installed."""
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer, self.hooked = model, optimizer, []
+
+    def on_step_begin(self, run):
+        forward = any(m._forward_hooks for m in self.model.modules())
+        self.hooked.append((run.step, forward, bool(self.optimizer._optimizer_step_pre_hooks)))
+
+
+class Counting(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+class CountingMonitor(Monitor):
+    """A Monitor whose per-step work is counted in tensor operations."""
+
+    ops: dict
+
+    def on_step_begin(self, run):
+        self.ops = getattr(self, "ops", {})
+        with Counting() as mode:
+            super().on_step_begin(run)
+        self.ops[run.step] = mode.ops
+
+    def on_step_end(self, run, loss):
+        with Counting() as mode:
+            super().on_step_end(run, loss)
+        self.ops[run.step - 1] += mode.ops
+
+
+def train_small(epochs, callbacks, seed=0, **kwargs):
+    model = mlp(seed, depth=3, width=32, activation="relu")
+    optimizer = optim.create("sgd", model.parameters(), lr=0.05)
+    fit(
+        model,
+        digits(),
+        optimizer=optimizer,
+        epochs=epochs,
+        batch_size=128,
+        callbacks=callbacks(model, optimizer),
+        progress=False,
+        seed=seed,
+        **kwargs,
+    )
+    return model, optimizer
+
+
+def test_monitor_samples_only_on_its_steps():
+    monitor, spies = CountingMonitor(every=4), []
+
+    def callbacks(model, optimizer):
+        spies.append(Spy(model, optimizer))
+        return [monitor, spies[0]]
+
+    train_small(2, callbacks)  # 11 steps per epoch
+    sampled = [s for s in range(22) if s % 4 == 0]
+    assert monitor.history().steps == sampled
+    assert [step for step, forward, pre in spies[0].hooked if forward or pre] == sampled
+    assert all(forward and pre for step, forward, pre in spies[0].hooked if step in sampled)
+    assert all(monitor.ops[s] == 0 for s in range(22) if s not in sampled)
+    assert all(monitor.ops[s] > 0 for s in sampled)
+
+
+def test_monitor_update_ratio_and_gradient_norm_are_exact_for_sgd():
+    monitor = Monitor(every=3)
+    train_small(1, lambda model, optimizer: [monitor])
+    history = monitor.history()
+    grad, weight = history.series("weight_grad_norm"), history.series("weight_norm")
+    # plain SGD: ||dW|| = lr ||grad W||
+    assert rel_error(history.series("update_ratio"), 0.05 * grad / weight) < 1e-4
+    assert history.lr == [0.05] * len(history.steps)
+    assert np.all(np.asarray(history.grad_norm) >= np.sqrt((grad**2).sum(axis=1)) * (1 - 1e-6))
+
+    seen = []
+
+    class LastNorm(Callback):
+        def on_step_end(self, run, loss):
+            seen.append(float(run.optimizer.last_grad_norm))
+
+    monitor = Monitor(every=1)
+    model = mlp(depth=2, width=16)
+    clipped = optim.create("sgd", model.parameters(), lr=0.05, global_clipnorm=1e-3)
+    fit(
+        model,
+        digits(),
+        optimizer=clipped,
+        epochs=1,
+        batch_size=256,
+        callbacks=[monitor, LastNorm()],
+        progress=False,
+    )
+    # the Monitor sees the gradient before the optimizer clips it
+    assert rel_error(monitor.history().grad_norm, seen) < 1e-5
+
+
+def test_monitor_records_survive_a_resume(tmp_path):
+    whole = Monitor(every=5)
+    train_small(3, lambda m, o: [whole])
+    first = Monitor(every=5)
+    train_small(2, lambda m, o: [first], checkpoint_dir=tmp_path)
+    resumed = Monitor(every=5)
+    train_small(3, lambda m, o: [resumed], checkpoint_dir=tmp_path, resume=True)
+    a, b = whole.history(), resumed.history()
+    assert a.steps == b.steps and len(a.steps) == 7
+    assert np.array_equal(a.stats, b.stats, equal_nan=True)
+    assert a.grad_norm == b.grad_norm and a.loss == b.loss
+
+
+def test_monitor_report_and_clip_fix_from_the_norms_seen():
+    monitor = Monitor(every=2)
+    train_small(1, lambda m, o: [monitor])
+    report = monitor.report()
+    assert report.history is not None and report.verdicts
+    assert all(v.name in VERDICTS for v in report.verdicts)
+    expected = np.percentile(monitor.history().grad_norm, 90)
+    assert clip_fix(report, Thresholds()).startswith(f"clip with global_clipnorm={expected:.3g} (the 90th")
+    with pytest.raises(ConfigError):
+        Monitor(every=0)
+    with pytest.raises(GradwellError, match="not sampled"):
+        Monitor().report()
+
+
+def test_monitor_diagnoses_a_diverging_run():
+    monitor = Monitor(every=1)
+    model = mlp(depth=8, width=64, activation="relu")
+    with pytest.raises(NonFiniteError):
+        fit(
+            model,
+            digits(),
+            optimizer=optim.create("sgd", model.parameters(), lr=20.0),
+            epochs=2,
+            batch_size=32,
+            callbacks=[monitor],
+            progress=False,
+        )
+    report = monitor.report()
+    (verdict,) = [v for v in report.verdicts if v.name == "non_finite"]
+    first = verdict.evidence["first_step"]
+    assert first is not None and not math.isfinite(report.history.loss[first])
+    assert all(math.isfinite(v) for v in report.history.loss[:first])
+    assert f"lower the learning rate (it was 20 at step {first})" in verdict.fixes
+
+
+# JSON, plots, scenarios, command line
+
+LAYER_KEYS = {"name", "kind", *STATS}
+REPORT_KEYS = {
+    "schema",
+    "healthy",
+    "verdicts",
+    "model",
+    "loss",
+    "grad_norm",
+    "gradient_ratio",
+    "nonfinite",
+    "layers",
+    "history",
+}
+VERDICT_KEYS = {"name", "summary", "evidence", "fixes", "layers"}
+MODEL_KEYS = {
+    "activation",
+    "init",
+    "fan_in_scale",
+    "batchnorm",
+    "dropout",
+    "depth",
+    "self_normalizing_problems",
+}
+
+
+def strict_json(text):
+    def reject(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def check_schema(data):
+    assert set(data) == REPORT_KEYS and data["schema"] == "gradwell.diagnose/1"
+    assert set(data["model"]) == MODEL_KEYS
+    assert all(set(layer) == LAYER_KEYS for layer in data["layers"])
+    assert all(set(v) == VERDICT_KEYS and v["name"] in VERDICTS for v in data["verdicts"])
+    assert data["healthy"] == ([v["name"] for v in data["verdicts"]] == ["healthy"])
+
+
+def test_json_schema_is_stable_and_strict(reports):
+    overflow = reports["overflow"]
+    assert "non_finite" in names(overflow) and overflow.nonfinite_forward == "hidden2.linear"
+    for report in reports.values():
+        data = report.to_dict()
+        check_schema(data)
+        assert strict_json(json.dumps(data)) == data
+
+
+def test_sigmoid_bn_scenario_trains_and_plots(tmp_path):
+    result = run_scenario("sigmoid-bn")
+    assert result.matches and result.observed == ["healthy"]
+    assert result.training["loss_after"] < 0.5 * result.training["loss_before"]
+    data = result.report.to_dict()
+    check_schema(data)
+    assert data["history"]["steps"] == list(range(0, 210, 10))
+    assert set(data["history"]["series"]) >= {"weight_grad_norm", "update_ratio", "dead", "saturated"}
+    path = result.report.plot(tmp_path / "doctor.png")
+    assert path.stat().st_size > 10_000
+    assert "stability doctor" in str(result.report)
+
+
+def gradwell(*args, cwd):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "gradwell", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_cli_runs_every_scenario_with_json_and_plots(tmp_path):
+    done = gradwell("diagnose", "--scenario", "all", "--json", "--plot", "doctor.png", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = strict_json(done.stdout)
+    assert [r["scenario"] for r in results] == list(SCENARIOS)
+    for result in results:
+        assert result["matches"], (result["scenario"], result["observed"])
+        assert result["expected"] == SCENARIOS[result["scenario"]].expected
+        check_schema(result["report"])
+        assert (tmp_path / f"doctor-{result['scenario']}.png").exists()
+
+
+TINY = """
+[data]
+name = "digits"
+[model]
+kind = "mlp"
+hidden = [32, 32]
+activation = "relu"
+[optimizer]
+name = "sgd"
+lr = 0.05
+[train]
+epochs = 2
+batch_size = 64
+[output]
+progress = false
+"""
+
+
+def test_cli_on_a_config_and_bad_input(tmp_path, capsys):
+    from gradwell.cli import main
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    assert main(["diagnose", str(path), "--epochs", "1", "--json", "--plot", str(tmp_path / "c.png")]) == 0
+    data = strict_json(capsys.readouterr().out)
+    check_schema(data)
+    assert data["history"]["steps"] and (tmp_path / "c.png").exists()
+    assert main(["diagnose", "--scenario", "relu-he-3"]) == 2
+    assert "did you mean 'relu-he-30'" in capsys.readouterr().err
+    assert main(["diagnose", str(path), "--scenario", "exploding"]) == 2
+
+
+def test_train_prints_and_saves_the_doctors_summary(tmp_path, capsys):
+    from gradwell.cli import main
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY + f'dir = "{tmp_path / "runs"}"\nname = "t"\n')
+    assert main(["train", str(path)]) == 0
+    assert "stability doctor" in capsys.readouterr().out
+    result = json.loads((tmp_path / "runs" / "t" / "result.json").read_text())
+    check_schema(result["doctor"])
+    assert result["doctor"]["history"]["steps"] == [0]  # 42 steps, Monitor every 100
+
+
+def test_diagnose_config_at_initialization():
+    from gradwell.diagnose import diagnose_config
+
+    config = configs.from_dict({"data": {"name": "digits"}, "model": {"depth": 3, "width": 16}})
+    report = diagnose_config(config)
+    assert report.history is None and [layer.name for layer in report.layers][-1] == "output"
