@@ -84,3 +84,22 @@ def test_datasets_and_help(tmp_path):
     for command in ([], ["train"], ["datasets"]):
         shown = gradwell(*command, "--help", cwd=tmp_path)
         assert shown.returncode == 0 and "usage: gradwell" in shown.stdout
+
+
+def test_train_data_parallel_in_two_processes(tmp_path, tiny_config):
+    done = gradwell(
+        "train",
+        str(tiny_config),
+        "--nproc",
+        "2",
+        "--set",
+        "output.name=ddp",
+        "--set",
+        "train.epochs=1",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)  # printed once, by process 0
+    assert result["epochs"] == 1 and result["test"]["accuracy"] > 0.3
+    assert (tmp_path / "runs" / "ddp" / "model.safetensors").is_file()

@@ -42,6 +42,11 @@ class TrainConfig:
     max_norm: float | None = None
     early_stopping: int | None = None  # patience in epochs on val_loss; None trains every epoch
     device: str = "auto"  # "auto" picks CUDA when available
+    on_nonfinite: str = "stop"  # or "skip": see gradwell.train.fit
+    precision: str = "fp32"  # or "bf16" autocast
+    fast: bool = True  # the CUDA-graph path where it applies
+    compile: bool = False  # torch.compile the forward pass
+    sync_batchnorm: bool = False  # data-parallel runs: BatchNorm statistics over all processes
 
 
 @dataclass

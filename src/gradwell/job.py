@@ -2,11 +2,11 @@
 
 Everything a config names is built and checked (data loaded, model, optimizer and schedule
 created) before the run folder is made or a step is taken, so a bad config fails fast and
-writes nothing. The run folder then holds:
+writes nothing. Under torchrun every process trains and process 0 writes. The run folder holds:
 
     config.toml          the resolved config (defaults filled in), to rerun or resume
     metrics.jsonl        one JSON object per epoch
-    checkpoints/         the last two epochs' checkpoints (safetensors), for --resume
+    checkpoints/         the last two checkpoints (safetensors), for --resume
     model.safetensors    the final weights
     learning_curves.png  loss and accuracy per epoch
     result.json          test metrics, epochs, time and the stability doctor's verdicts
@@ -33,7 +33,7 @@ from gradwell.config import Config, check_call
 from gradwell.diagnose import Monitor, Report, probe_split
 from gradwell.errors import ConfigError, unknown_name
 from gradwell.plots import learning_curves
-from gradwell.train import EarlyStopping, fit
+from gradwell.train import EarlyStopping, distributed, fit
 from gradwell.train.callbacks import MetricsLogger
 from gradwell.train.loop import evaluate
 
@@ -63,6 +63,7 @@ class JobResult:
     seconds: float
     model: nn.Module = field(repr=False)
     dataset: datasets.Dataset = field(repr=False)
+    path: str = ""  # the training path that ran, and why
     doctor: Report | None = field(default=None, repr=False)  # the final model probed on 256 samples
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,11 +74,15 @@ class JobResult:
             "final": self.epochs[-1] if self.epochs else {},
             "stop_reason": self.stop_reason,
             "seconds": self.seconds,
+            "path": self.path,
             "doctor": self.doctor.to_dict() if self.doctor is not None else None,
         }
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device train.device names; under torchrun, this process's device whatever it names."""
+    if distributed.active():
+        return distributed.device()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -156,48 +161,42 @@ def new_run_dir(config: Config) -> Path:
 def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> JobResult:
     """Train as `config` says, in `run_dir` (a new folder under output.dir by default)."""
     prepared = prepare(config)
-    run_dir = run_dir or new_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
+    main = distributed.is_main()
+    run_dir = Path(distributed.broadcast(str(run_dir or new_run_dir(config))))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
     train = config.train
-    callbacks = [MetricsLogger(run_dir / "metrics.jsonl")]
+    callbacks = [MetricsLogger(run_dir / "metrics.jsonl")] if main else []
     if train.early_stopping is not None:
         callbacks.append(EarlyStopping(patience=train.early_stopping))
     monitor = Monitor()
     callbacks.append(monitor)
     started = time.perf_counter()
     history = fit(
-        prepared.model,
-        prepared.dataset,
-        optimizer=prepared.optimizer,
-        scheduler=prepared.scheduler,
-        epochs=train.epochs,
-        batch_size=train.batch_size,
-        loss=train.loss,
-        callbacks=callbacks,
-        l1=train.l1,
-        l2=train.l2,
-        max_norm=train.max_norm,
-        seed=train.seed,
-        device=prepared.device,
-        checkpoint_dir=run_dir / "checkpoints",
-        resume=resume,
-        progress=config.output.progress,
-    )
+        prepared.model, prepared.dataset, optimizer=prepared.optimizer, scheduler=prepared.scheduler,
+        epochs=train.epochs, batch_size=train.batch_size, loss=train.loss, callbacks=callbacks, l1=train.l1,
+        l2=train.l2, max_norm=train.max_norm, seed=train.seed, device=prepared.device,
+        checkpoint_dir=run_dir / "checkpoints", resume=resume, on_nonfinite=train.on_nonfinite,
+        progress=config.output.progress, precision=train.precision, fast=train.fast, compile=train.compile,
+        sync_batchnorm=train.sync_batchnorm,
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     test = prepared.dataset.test
     test_metrics = evaluate(
         prepared.model, test.x.to(prepared.device), test.y.to(prepared.device), train.loss
     )
-    save_file(
-        {k: v.contiguous() for k, v in prepared.model.state_dict().items()}, run_dir / "model.safetensors"
-    )
-    learning_curves(history.epochs, run_dir / "learning_curves.png", title=run_dir.name)
     result = JobResult(
-        run_dir, test_metrics, history.epochs, history.stop_reason, seconds, prepared.model, prepared.dataset
-    )
-    result.doctor = probe_split(
-        prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed
-    )
-    (run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        run_dir, test_metrics, history.epochs, history.stop_reason, seconds, prepared.model, prepared.dataset,
+        path=history.path,
+    )  # fmt: skip
+    if main:
+        save_file(
+            {k: v.contiguous() for k, v in prepared.model.state_dict().items()}, run_dir / "model.safetensors"
+        )
+        learning_curves(history.epochs, run_dir / "learning_curves.png", title=run_dir.name)
+        result.doctor = probe_split(
+            prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed
+        )
+        (run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result

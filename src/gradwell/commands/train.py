@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from gradwell.commands.output import console, key_value_table, print_json
@@ -35,19 +36,46 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="continue the run in RUN_DIR from its last good "
         "checkpoint (its config.toml, with any --set applied)",
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train data-parallel in N processes on this "
+        "machine (torchrun; gloo on CPUs, NCCL on GPUs); `torchrun ... -m gradwell train` works too",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus its --nproc option, for the processes torchrun starts."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def run(args: argparse.Namespace) -> int:
     from gradwell import config as configs
     from gradwell import job
+    from gradwell.train import distributed
+
+    if args.nproc is not None and "WORLD_SIZE" not in os.environ:
+        return distributed.launch(without_nproc(args.argv), args.nproc)
+    distributed.init_from_environment()
 
     if args.resume is not None:
         run_dir = Path(args.resume)
         result = job.run(configs.load(run_dir / "config.toml", args.set), run_dir=run_dir, resume=True)
     else:
         result = job.run(configs.load(args.config, args.set))
+    if not distributed.is_main():
+        return 0
     if args.json:
         print_json(result.to_dict())
         return 0

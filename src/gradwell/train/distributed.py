@@ -59,9 +59,14 @@ def init_from_environment() -> torch.device | None:
             "joined the process group as rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend
         )
     if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
+        torch.cuda.set_device(device())
+    return device()
+
+
+def device() -> torch.device:
+    """This process's device: its local GPU under NCCL, the CPU under gloo."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
 
