@@ -15,7 +15,7 @@ from torch import nn
 
 from gradwell import models, optim
 from gradwell.data import Dataset, Split
-from gradwell.errors import DataError, NonFiniteError
+from gradwell.errors import CheckpointError, DataError, NonFiniteError
 from gradwell.train import Callback, fit
 from gradwell.train import checkpoint as ckpt
 from gradwell.train.guard import Interrupted
@@ -238,3 +238,42 @@ def test_sigint_stops_after_a_step_writes_a_checkpoint_and_resumes_to_the_same_w
     assert set(ckpt.saved_steps(checkpoints)) - before  # a new, mid-epoch checkpoint
     weights = finish(script, checkpoints, tmp_path / "weights.pt")
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+# --- loading never runs code from a file -----------------------------------------------------
+
+
+class Payload:
+    """A pickle that runs a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2), "evil": Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"refused to load .*weights\.pt.*never code"):
+        ckpt.read_weights(path)
+    assert not marker.exists()
+
+
+def test_foreign_torch_and_safetensors_weights_load(tmp_path):
+    model = models.mlp(8, 3, hidden=[4])
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "lightning.ckpt")
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    for name in ("plain.pt", "lightning.ckpt", "w.safetensors"):
+        weights = ckpt.read_weights(tmp_path / name)
+        assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"junk\.pt"):
+        ckpt.read_weights(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ckpt.read_weights(tmp_path / "missing.pt")

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -170,6 +171,38 @@ def prune(directory: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (older ones are never needed for a resume)."""
     for step in saved_steps(directory)[keep:]:
         checkpoint_path(directory, step).unlink(missing_ok=True)
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from a .safetensors file, or from a foreign torch file (.pt, .pth, .bin).
+
+    Torch files are pickles, and unpickling can run code: they load with ``weights_only=True``,
+    which admits tensors and plain containers only, and anything else is refused with a
+    CheckpointError. Nothing in the file runs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(path.read_bytes())
+        except (SafetensorError, ValueError) as error:
+            raise CheckpointError(f"{path} is damaged or not a safetensors file: {error}") from None
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"refused to load {path}: it holds pickled objects other than tensors ({first_line}); "
+            "gradwell loads weights only, never code"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable torch file: {error}") from None
+    if isinstance(weights, dict) and "state_dict" in weights:
+        weights = weights["state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(v, Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return weights
 
 
 def load_weights(model: nn.Module, weights: dict[str, Tensor], source: str = "checkpoint") -> None:
