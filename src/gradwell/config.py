@@ -18,6 +18,7 @@ Every mistake is reported by key, with the value, what is valid and the closest 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import tomllib
@@ -199,6 +200,8 @@ def matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, (list, tuple)) and all(matches(v, item) for v in value)
     if origin in (dict, Mapping):
         return isinstance(value, dict)
+    if origin is collections.abc.Callable:
+        return callable(value)
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is int:

@@ -160,7 +160,7 @@ def get_initializer(name: str | Initializer) -> Initializer:
         return name
     try:
         return INITIALIZERS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise unknown_name("initializer", name, INITIALIZERS) from None
 
 

@@ -109,7 +109,7 @@ def load_data(config: Config) -> datasets.Dataset:
 def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
     options = dict(config.model)
     kind = options.pop("kind", "mlp")
-    if kind not in BUILDERS:
+    if not isinstance(kind, str) or kind not in BUILDERS:
         raise unknown_name("model kind", kind, BUILDERS)
     builder = BUILDERS[kind]
     check_call("model", builder, options, skip=("in_features", "in_shape", "out_features", "generator"))
