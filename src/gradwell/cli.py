@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 from rich.logging import RichHandler
 
-from gradwell.commands import datasets, train
+from gradwell.commands import claims, compare, datasets, diagnose, train, transfer
 from gradwell.commands.output import errors
 from gradwell.errors import GradwellError
 
-COMMANDS = (train, datasets)
+COMMANDS = (train, datasets, transfer, diagnose, compare, claims)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,7 +30,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(message)s",

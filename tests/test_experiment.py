@@ -1,0 +1,172 @@
+"""The experiment runner and its report: every run recorded, the batched path equal to the single one."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gradwell import config as configs
+from gradwell.errors import GradwellError
+from gradwell.experiment import Results, RunRecord, run, write_report
+from gradwell.experiment.runner import execute, labelled, make_tasks, metric_value, seed_chunks, train_single
+
+TINY = {
+    "data": {"name": "digits"},
+    "model": {"kind": "mlp", "hidden": [16], "activation": "elu"},
+    "optimizer": {"name": "adam", "lr": 0.01},
+    "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
+}
+
+
+def tiny(**sections):
+    return configs.from_dict({**TINY, **sections})
+
+
+def test_every_config_and_seed_is_recorded_and_failures_are_kept():
+    arms = {
+        "elu": tiny(),
+        "diverges": tiny(optimizer={"name": "sgd", "lr": 1e6}),
+        "bad": tiny(model={"kind": "mlp", "activation": "relux"}),
+        "prelu": tiny(model={"kind": "mlp", "hidden": [16], "activation": "prelu"}),
+        "wide": tiny(model={"kind": "mlp", "hidden": [8, 300, 300]}),
+    }
+    results = run(arms, seeds=[0, 1, 2], workers=0)
+    assert [(r.label, r.seed) for r in results.records] == [(a, s) for a in arms for s in (0, 1, 2)]
+    assert results.paths["elu"] == "batched" and results.paths["diverges"] == "batched"
+    assert results.paths["prelu"].startswith("single (") and "PReLU" in results.paths["prelu"]
+    assert results.paths["wide"] == "single (a layer of 90000 weights (batching pays up to 65536))"
+    assert all(r.ok and len(r.history) == 2 and 0.3 < r.test["accuracy"] <= 1 for r in results.runs("elu"))
+    assert all(not r.ok and r.error.startswith("NonFiniteError") for r in results.runs("diverges"))
+    assert all(not r.ok and "relux" in r.error for r in results.runs("bad"))
+    assert results.values("diverges", "test_accuracy") == [None] * 3
+    assert results.values("diverges", "test_accuracy", failed_value=0.1) == [0.1] * 3
+
+
+def test_the_batched_path_gives_each_seed_its_single_run():
+    config = tiny()
+    batched = run({"a": config}, seeds=[4, 9], workers=0)
+    for record in batched.records:
+        single = train_single("a", config, record.seed, None)
+        assert record.path == "batched" and single.path == "single"
+        assert record.test["loss"] == pytest.approx(single.test["loss"], rel=1e-4)
+        for mine, theirs in zip(record.history, single.history, strict=True):
+            assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+
+
+def test_custom_arms_and_evaluation_hooks_are_recorded():
+    def trial(seed):
+        if seed == 1:
+            raise RuntimeError("no luck")
+        return {"test": {"accuracy": 0.5 + seed / 10}, "extra": {"gain": seed}}
+
+    results = run({"custom": trial}, seeds=[0, 1, 2], workers=0)
+    assert results.paths == {"custom": "custom"}
+    assert results.values("custom", "test_accuracy") == [0.5, None, 0.7]
+    assert results.values("custom", "gain") == [0, None, 2]
+    assert results.runs("custom")[1].error == "RuntimeError: no luck"
+    hooked = run({"a": tiny()}, seeds=[0, 1], workers=0, evaluate=count_parameters)
+    assert hooked.values("a", "parameters") == [64 * 16 + 16 + 16 * 10 + 10] * 2
+
+
+def count_parameters(model, dataset):
+    return {"parameters": sum(p.numel() for p in model.parameters())}
+
+
+def test_metrics_by_name():
+    history = [
+        {"epoch": 1, "loss": 2.0, "val_loss": 1.5, "val_accuracy": 0.6},
+        {"epoch": 2, "loss": 1.0, "val_loss": 1.7, "val_accuracy": 0.7},
+    ]
+    record = RunRecord("a", 0, "ok", "single", history, {"accuracy": 0.65}, {"gain": 0.1})
+    assert metric_value(record, "test_accuracy") == 0.65
+    assert metric_value(record, "loss") == 1.0 and metric_value(record, "loss@1") == 2.0
+    assert metric_value(record, "best_val_loss") == 1.5 and metric_value(record, "best_val_accuracy") == 0.7
+    assert metric_value(record, "gain") == 0.1 and metric_value(record, "loss@5") is None
+
+
+def test_seeds_are_split_to_keep_every_worker_busy():
+    seeds = tuple(range(10))
+    assert seed_chunks(seeds, arms=2, workers=2) == [seeds]
+    assert [len(c) for c in seed_chunks(seeds, arms=3, workers=2)] == [5, 5]
+    assert [len(c) for c in seed_chunks(seeds, arms=1, workers=4)] == [3, 3, 3, 1]
+    assert seed_chunks(seeds, arms=3, workers=1) == [seeds]
+    tasks, paths = make_tasks({"a": tiny(), "b": tiny(train={"early_stopping": 2})}, seeds, 2, None)
+    assert paths["b"].startswith("single (early stopping")
+    assert sorted(len(t.seeds) for t in tasks if t.label == "b") == [1] * 10
+
+
+def test_labels_come_from_names_stems_and_functions(tmp_path):
+    path = tmp_path / "wide.toml"
+    path.write_text('[model]\nkind = "mlp"\n')
+    assert list(labelled([tiny(), str(path), path, test_metrics_by_name])) == [
+        "config1",
+        "wide",
+        "wide-2",
+        "test_metrics_by_name",
+    ]
+    with pytest.raises(GradwellError, match="Config, a TOML path"):
+        labelled([42])
+
+
+def test_a_dead_worker_task_still_returns_its_runs():
+    tasks, _ = make_tasks({"a": tiny(data={"name": "nope"})}, (0, 1), 1, None)
+    records = [r for task in tasks for r in execute(task)]
+    assert [r.status for r in records] == ["failed", "failed"] and "nope" in records[0].error
+
+
+def test_the_report_holds_every_run_and_the_pairs(tmp_path):
+    results = run({"elu": tiny(), "diverges": tiny(optimizer={"name": "sgd", "lr": 1e6})}, [0, 1, 2], 0)
+    comparison = write_report(results, tmp_path, "test_accuracy", failed_value=0.1)
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "results.json",
+        "report.md",
+        "learning_curves.png",
+        "final_metrics.png",
+    }
+    loaded = Results.load(tmp_path / "results.json")
+    assert [(r.label, r.seed, r.status) for r in loaded.records] == [
+        (r.label, r.seed, r.status) for r in results.records
+    ]
+    assert comparison.pairs[0].verdict == "elu better than diverges"
+    report = (tmp_path / "report.md").read_text()
+    assert "| elu | batched | 3 / 0 |" in report and "| diverges | batched | 0 / 3 |" in report
+    assert "elu better than diverges" in report and "NonFiniteError" in report
+
+
+def test_compare_command_with_worker_processes(tmp_path):
+    for name, activation in (("relu", "relu"), ("tanh", "tanh")):
+        model = {**TINY["model"], "activation": activation}
+        text = "".join(
+            f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+            for section, values in {**TINY, "model": model}.items()
+        )
+        (tmp_path / f"{name}.toml").write_text(text)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    command = [
+        "compare",
+        "relu.toml",
+        "tanh.toml",
+        "--seeds",
+        "3",
+        "--workers",
+        "2",
+        "--out",
+        "cmp",
+        "--json",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "gradwell", *command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["seeds"] == [0, 1, 2] and set(out["configs"]) == {"relu", "tanh"}
+    assert out["configs"]["relu"]["n"] == 3 and out["configs"]["relu"]["path"] == "batched"
+    assert out["pairs"][0]["a"] == "relu" and out["pairs"][0]["n"] == 3
+    assert (tmp_path / "cmp" / "report.md").is_file()
