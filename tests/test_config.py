@@ -91,3 +91,21 @@ def test_to_dict_round_trips_through_toml(tmp_path):
     config = configs.load(None, ["train.max_norm=1.5", "model.hidden=[4]"])
     path = write(tmp_path, tomli_w.dumps(config.to_dict()))
     assert configs.load(path) == config
+
+
+def test_the_default_onecycle_ends_at_its_lowest_rate_not_below_zero():
+    from gradwell.train import fit
+
+    config = configs.load(None, ["data.name=digits", "model.depth=2", "model.width=16", "train.epochs=2"])
+    prepared = job.prepare(config)
+    history = fit(
+        prepared.model,
+        prepared.dataset,
+        optimizer=prepared.optimizer,
+        scheduler=prepared.scheduler,
+        epochs=2,
+        batch_size=config.train.batch_size,
+        progress=False,
+    )
+    final = history.metric("lr")[-1]
+    assert 0 < final <= config.schedule["max_lr"] / 10 / 1000 * 1.0001  # max_lr / div / final_div
