@@ -15,7 +15,8 @@ them with one launch. What that needs, and how fit provides it:
 - callbacks that look inside a step (the stability doctor's Monitor, on the steps it samples)
   get an eager step there: a graph replay runs no Python hooks.
 
-Where one of these cannot hold, `choose_path` says why and fit runs eagerly.
+Where one of these cannot hold, `choose_path` says why and fit runs eagerly. On a CPU, where there
+are no graphs, the fused MLP step (gradwell.train.fused) plays the same part for plain MLPs.
 """
 
 from __future__ import annotations
@@ -58,13 +59,27 @@ def cycles_momentum(scheduler: Any) -> bool:
 
 
 def choose_path(
-    device: torch.device, optimizer: torch.optim.Optimizer, scheduler: Any, fast: bool = True
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    fast: bool = True,
+    not_fused: str | None = "not checked",
 ) -> Path:
-    """The cuda-graph path when it applies, else eager, with the reason either way."""
+    """The fastest path that applies, with the reason; `not_fused` says why the fused step cannot run.
+
+    On a CUDA device: the whole step in a CUDA graph. Elsewhere: the fused MLP step
+    (gradwell.train.fused) for a plain Linear + activation stack. Otherwise eager.
+    """
     if not fast:
         return Path("eager", "fast=False")
     if device.type != "cuda":
-        return Path("eager", f"CUDA graphs need a CUDA device; training on {device.type}")
+        if not_fused is None:
+            return Path(
+                "fused-mlp", "Linear + activation stack: hand-written backward, one flat parameter buffer"
+            )
+        return Path(
+            "eager", f"CUDA graphs need a CUDA device, and the fused MLP step does not apply: {not_fused}"
+        )
     if not can_capture(optimizer):
         return Path("eager", f"{type(optimizer).__name__} has no capturable mode")
     if cycles_momentum(scheduler):

@@ -32,6 +32,7 @@ from gradwell.train.fastpath import (
     prepare_for_capture,
     restore_after_capture,
 )
+from gradwell.train.fused import FusedStep, why_not_fused
 from gradwell.train.guard import Interrupted, explain_nonfinite, stop_on_sigint
 from gradwell.train.step import Metrics, make_step
 
@@ -237,13 +238,30 @@ def fit(
         forward=distributed.wrap(model, device) if parallel else torch.compile(model) if compile else None,
     )
     step = make_step(model, resolve_loss(loss), optimizer, metrics, on_nonfinite=on_nonfinite, **options)
-    path = choose_path(device, optimizer, scheduler, fast and on_nonfinite == "stop" and not parallel)
+    not_fused = why_not_fused(
+        model,
+        optimizer,
+        l1=l1 > 0,
+        l2=l2 > 0,
+        bf16=precision != "fp32",
+        skip=on_nonfinite == "skip",
+        compile=compile,
+        parallel=parallel,
+    )
+    path = choose_path(
+        device, optimizer, scheduler, fast and on_nonfinite == "stop" and not parallel, not_fused
+    )
     log.info("%s", path)
     run.history.path = str(path)
     capturable = [group.get("capturable", False) for group in optimizer.param_groups]
     if path.name == "cuda-graph":
         prepare_for_capture(optimizer, device)
         step = GraphedStep(step, x[:batch_size], y[:batch_size])
+    if path.name == "fused-mlp":
+        step = FusedStep(
+            model, resolve_loss(loss), optimizer, metrics, accuracy=loss in CLASSIFICATION, max_norm=max_norm
+        )
+    unfused = step.unfused if isinstance(step, FusedStep) else nullcontext
 
     def replay() -> tuple[int, Tensor, Tensor] | None:
         checks = Metrics(device)
@@ -259,30 +277,39 @@ def fit(
         ):
             torch.manual_seed(seed)
             if resume:
-                state.restore(run, metrics, checkpoint_dir)
+                with unfused():
+                    state.restore(run, metrics, checkpoint_dir)
             for callback in callbacks:
                 callback.on_train_begin(run)
             while run.epoch < epochs and not run.stop_reason:
-                epoch_start = state.snapshot(run, metrics) if on_nonfinite == "stop" else None
+                with unfused():
+                    epoch_start = state.snapshot(run, metrics) if on_nonfinite == "stop" else None
                 started = time.perf_counter()
                 logs, first_nonfinite = train_epoch(run, step, x, y, batch_size)
                 if run.interrupted:
-                    raise interrupted(run, checkpoint_dir)
+                    with unfused():
+                        raise interrupted(run, checkpoint_dir)
                 if first_nonfinite >= 0 and parallel:
                     raise NonFiniteError(f"the training loss became non-finite at step {first_nonfinite}")
                 if first_nonfinite >= 0:
-                    raise explain_nonfinite(run, epoch_start, replay, resolve_loss(loss), first_nonfinite)
+                    with unfused():
+                        raise explain_nonfinite(run, epoch_start, replay, resolve_loss(loss), first_nonfinite)
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in evaluate(model, *val, loss).items()})
                 end_epoch(run, logs, started)
                 if checkpoint_dir is not None and distributed.is_main():
-                    state.save(run, metrics, checkpoint_dir)
+                    with unfused():
+                        state.save(run, metrics, checkpoint_dir)
                 distributed.barrier()
+            if isinstance(step, FusedStep):
+                step.swap_out()
             for callback in callbacks:
                 callback.on_train_end(run)
     finally:
         if path.name == "cuda-graph":
             restore_after_capture(optimizer, capturable)
+        if isinstance(step, FusedStep) and optimizer.param_groups is not step.user_groups:
+            step.swap_out()
     run.history.stop_reason = run.stop_reason or f"completed {epochs} epochs"
     return run.history
 
@@ -349,7 +376,7 @@ def train_epoch(
     if run.position == 0:
         run.metrics.start_epoch(run.step)
     per_step = run.scheduler is not None and not isinstance(run.scheduler, ReduceLROnPlateau)
-    graphed = isinstance(step, GraphedStep)
+    graphed = isinstance(step, GraphedStep | FusedStep)
     for xb, yb in epoch_batches(run, x, y, batch_size):
         eager = graphed and needs_eager_step(run.callbacks, run)
         for callback in run.callbacks:

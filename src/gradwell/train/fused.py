@@ -1,0 +1,286 @@
+"""The fused MLP step: hand-written forward and backward over one flat parameter buffer.
+
+On a CPU, a deep narrow MLP like the chapter's 100 layers of 100 units spends about as long in
+the framework as in its matrix products: autograd records and replays a graph of several nodes
+per layer, transposes are views with their own dispatch, and a multi-tensor optimizer update is
+a loop of a few hundred small kernels, one per tensor and operation. For a stack of Linear layers
+and elementwise activations, all of that is known in advance, so this step does it by hand:
+
+- forward: ``z = addmm(b, a, W^T)`` and the activation, keeping what its backward needs;
+- backward: torch's own activation backward kernels (``elu_backward`` for SELU and ELU,
+  ``threshold_backward`` for ReLU, ...), then ``dW = dz^T a`` and ``db = sum(dz)`` written straight
+  into a flat gradient buffer, and ``da = dz W``; autograd only differentiates the loss with
+  respect to the logits;
+- update: every parameter is a view into one flat buffer, so the optimizer updates one tensor
+  with one kernel per operation (the optimizer's own update rule, unchanged).
+
+The optimizer keeps its usual per-parameter state outside the step (in checkpoints, state_dict and
+after fit); while the step runs it holds one flat parameter and flat state, converted both ways
+by `FusedStep.unfused`. The results equal autograd's up to float rounding (the tests compare them
+in float64). `plan` says why a model does not qualify; fit then takes another path.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gradwell.activations import GELU, LeakyReLU, Swish
+from gradwell.regularize import max_norm_
+from gradwell.train.step import Metrics
+
+ops = torch.ops.aten
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+# activation -> (forward, backward(grad, z, a), whether backward needs z (else the output a))
+Kernel = tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor | None, Tensor], Tensor], bool]
+
+
+def kernel(module: nn.Module) -> Kernel | None:
+    """The forward and torch backward kernel of an elementwise activation module, or None."""
+    if isinstance(module, nn.Identity):
+        return (lambda z: z), (lambda g, z, a: g), False
+    if type(module) is nn.ReLU:
+        return torch.relu, (lambda g, z, a: ops.threshold_backward(g, a, 0)), False
+    if isinstance(module, (nn.LeakyReLU, LeakyReLU)):
+        slope = module.negative_slope
+        return (
+            (lambda z: F.leaky_relu(z, slope)),
+            (lambda g, z, a: ops.leaky_relu_backward(g, z, slope, False)),
+            True,
+        )
+    if type(module) is nn.SELU:
+        return F.selu, (lambda g, z, a: ops.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1.0, True, a)), False
+    if isinstance(module, nn.ELU):
+        alpha = module.alpha
+        return (
+            (lambda z: F.elu(z, alpha)),
+            (lambda g, z, a: ops.elu_backward(g, alpha, 1.0, 1.0, True, a)),
+            False,
+        )
+    if type(module) is nn.Sigmoid:
+        return torch.sigmoid, (lambda g, z, a: ops.sigmoid_backward(g, a)), False
+    if type(module) is nn.Tanh:
+        return torch.tanh, (lambda g, z, a: ops.tanh_backward(g, a)), False
+    if isinstance(module, (GELU, nn.GELU)) and module.approximate in ("none", "tanh"):
+        approximate = module.approximate
+        return (
+            (lambda z: F.gelu(z, approximate=approximate)),
+            (lambda g, z, a: ops.gelu_backward(g, z, approximate=approximate)),
+            True,
+        )
+    if type(module) is nn.SiLU or (isinstance(module, Swish) and not module.learnable and module.beta == 1.0):
+        return F.silu, (lambda g, z, a: ops.silu_backward(g, z)), True
+    if type(module) is nn.Mish:
+        return F.mish, (lambda g, z, a: ops.mish_backward(g, z)), True
+    return None
+
+
+def leaves(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """The modules of nested Sequentials in the order they run."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential):
+            yield from ((f"{name}.{n}", m) for n, m in leaves(child))
+        else:
+            yield name, child
+
+
+def plan(model: nn.Module) -> tuple[list[tuple[nn.Linear, Kernel]], bool] | str:
+    """The model as (Linear, the activation after it) pairs, and whether it starts with a Flatten.
+
+    A string says why the model does not qualify.
+    """
+    if not isinstance(model, nn.Sequential):
+        return f"{type(model).__name__} is not an nn.Sequential"
+    linears: list[nn.Linear] = []
+    activations: list[Kernel | None] = []
+    flatten = False
+    for name, module in leaves(model):
+        if (
+            isinstance(module, nn.Flatten)
+            and not linears
+            and not flatten
+            and (module.start_dim, module.end_dim) == (1, -1)
+        ):
+            flatten = True
+        elif isinstance(module, nn.Dropout | nn.AlphaDropout) and module.p == 0:
+            continue
+        elif isinstance(module, nn.Linear):
+            linears.append(module)
+            activations.append(None)
+        elif (found := kernel(module)) is not None and linears and activations[-1] is None:
+            activations[-1] = found
+        else:
+            return f"{name} ({type(module).__name__}) is not a Linear or an activation after one"
+    if not linears:
+        return "the model has no Linear layer"
+    params = [p for linear in linears for p in linear.parameters()]
+    if len(params) != len(list(model.parameters())) or not all(p.requires_grad for p in params):
+        return "some parameters are frozen or outside the Linear layers"
+    if len({(p.device, p.dtype) for p in params}) > 1:
+        return "the parameters are on several devices or of several dtypes"
+    identity = kernel(nn.Identity())
+    return [(linear, found or identity) for linear, found in zip(linears, activations, strict=True)], flatten
+
+
+def why_not_fused(model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> str | None:
+    """Why the fused step cannot train this model with this optimizer and options (None if it can)."""
+    found = plan(model)
+    if isinstance(found, str):
+        return found
+    if len(optimizer.param_groups) > 1:
+        return "the optimizer has several parameter groups"
+    if getattr(optimizer, "clip", None) is not None and optimizer.clip[0] == "clipnorm":
+        return "clipnorm clips each tensor on its own"
+    grouped = {id(p) for p in optimizer.param_groups[0]["params"]}
+    if grouped != {id(p) for p in model.parameters()}:
+        return "the optimizer does not hold exactly the model's parameters"
+    blocking = [name for name, value in options.items() if value]
+    return f"{', '.join(blocking)} not supported by the fused step" if blocking else None
+
+
+class FusedStep:
+    """A training step (x, y) -> loss for a Linear + activation stack; see the module docstring."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        optimizer: torch.optim.Optimizer,
+        metrics: Metrics,
+        *,
+        accuracy: bool = True,
+        max_norm: float | None = None,
+    ) -> None:
+        layers, self.flatten = plan(model)
+        self.model, self.loss_fn, self.optimizer, self.metrics = model, loss_fn, optimizer, metrics
+        self.accuracy, self.max_norm = accuracy, max_norm
+        self.linears = [linear for linear, _ in layers]
+        self.kernels = [found for _, found in layers]
+        self.params = [p for linear in self.linears for p in linear.parameters()]
+        first = self.params[0]
+        total = sum(p.numel() for p in self.params)
+        self.flat = nn.Parameter(torch.empty(total, device=first.device, dtype=first.dtype))
+        self.flat.grad = torch.zeros_like(self.flat)
+        self.offsets = []
+        offset = 0
+        with torch.no_grad():
+            for p in self.params:
+                self.flat[offset : offset + p.numel()].copy_(p.reshape(-1))
+                p.data = self.flat.data[offset : offset + p.numel()].view_as(p)
+                self.offsets.append(offset)
+                offset += p.numel()
+        self.grads = [
+            self.flat.grad[o : o + p.numel()].view_as(p)
+            for o, p in zip(self.offsets, self.params, strict=True)
+        ]
+        self.slot = {id(p): i for i, p in enumerate(self.params)}
+        self.swap_in()
+
+    def __call__(self, x: Tensor, y: Tensor, eager: bool = False) -> Tensor:
+        if eager:
+            return self.autograd_step(x, y)
+        with torch.no_grad():
+            inputs, saved = self.forward(x.flatten(1) if self.flatten else x)
+        logits = saved[-1][1].requires_grad_()
+        loss = self.loss_fn(logits, y)
+        (grad,) = torch.autograd.grad(loss, logits)
+        with torch.no_grad():
+            self.backward(grad, inputs, saved)
+        return self.finish(loss.detach(), logits.detach(), y)
+
+    def autograd_step(self, x: Tensor, y: Tensor) -> Tensor:
+        """The same step through autograd and the model's hooks (a callback sampling this step)."""
+        for p in self.params:
+            p.grad = None
+        output = self.model(x)
+        loss = self.loss_fn(output, y)
+        loss.backward()
+        with torch.no_grad():
+            torch.cat([p.grad.reshape(-1) for p in self.params], out=self.flat.grad)
+        return self.finish(loss.detach(), output.detach(), y)
+
+    def finish(self, loss: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+        """Update, max-norm, metrics: what follows the gradients in every step."""
+        with torch.no_grad():
+            self.optimizer.step()
+            if self.max_norm is not None:
+                max_norm_(self.model, self.max_norm)
+        self.metrics.add(loss, (logits.argmax(-1) == y).sum() if self.accuracy else None, len(y))
+        return loss
+
+    def forward(self, a: Tensor) -> tuple[list[Tensor], list[tuple[Tensor | None, Tensor]]]:
+        """Each layer's input, and its (pre-activation if its backward needs it, output)."""
+        inputs, saved = [], []
+        for linear, (activation, _, needs_z) in zip(self.linears, self.kernels, strict=True):
+            inputs.append(a)
+            z = F.linear(a, linear.weight, linear.bias)
+            a = activation(z)
+            saved.append((z if needs_z else None, a))
+        return inputs, saved
+
+    def backward(self, grad: Tensor, inputs: list[Tensor], saved: list[tuple[Tensor | None, Tensor]]) -> None:
+        """Write every parameter's gradient into the flat buffer, from d loss / d logits."""
+        for i in reversed(range(len(self.linears))):
+            z, a = saved[i]
+            grad = self.kernels[i][1](grad, z, a)
+            linear = self.linears[i]
+            torch.mm(grad.t(), inputs[i], out=self.grads[self.slot[id(linear.weight)]])
+            if linear.bias is not None:
+                torch.sum(grad, 0, out=self.grads[self.slot[id(linear.bias)]])
+            if i > 0:
+                grad = grad.mm(linear.weight)
+
+    def swap_in(self) -> None:
+        """Give the optimizer one flat parameter and flat state built from its per-parameter state.
+
+        The optimizer's own group list and state are kept for `swap_out`, taken afresh each time:
+        ``load_state_dict`` replaces them with new objects.
+        """
+        self.user_groups = self.optimizer.param_groups
+        self.user_state = self.optimizer.state
+        group = {key: value for key, value in self.user_groups[0].items() if key != "params"}
+        state: dict[str, Tensor] = {}
+        per_param = [self.user_state.get(p, {}) for p in self.params]
+        for key in per_param[0]:
+            values = [s[key] for s in per_param]
+            if isinstance(values[0], Tensor) and values[0].shape == self.params[0].shape:
+                state[key] = torch.cat([v.reshape(-1) for v in values])
+            else:
+                state[key] = values[0].clone() if isinstance(values[0], Tensor) else values[0]
+        self.optimizer.param_groups = [{**group, "params": [self.flat]}]
+        self.optimizer.state = defaultdict(dict, {self.flat: state} if state else {})
+
+    def swap_out(self) -> None:
+        """Give the optimizer back its parameters, with per-parameter state cut from the flat state."""
+        flat_group = self.optimizer.param_groups[0]
+        for key, value in flat_group.items():
+            if key != "params":
+                self.user_groups[0][key] = value
+        flat_state = self.optimizer.state.get(self.flat, {})
+        self.user_state.clear()
+        for offset, p in zip(self.offsets, self.params, strict=True):
+            self.user_state[p] = {
+                key: value[offset : offset + p.numel()].view_as(p).clone()
+                if isinstance(value, Tensor) and value.shape == self.flat.shape
+                else (value.clone() if isinstance(value, Tensor) else value)
+                for key, value in flat_state.items()
+            }
+        self.optimizer.param_groups = self.user_groups
+        self.optimizer.state = self.user_state
+
+    @contextmanager
+    def unfused(self) -> Iterator[None]:
+        """The optimizer as the user knows it, for checkpoints, replays and eager steps."""
+        self.swap_out()
+        try:
+            yield
+        finally:
+            self.swap_in()
