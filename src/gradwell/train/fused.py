@@ -182,6 +182,12 @@ class FusedStep:
             for o, p in zip(self.offsets, self.params, strict=True)
         ]
         self.slot = {id(p): i for i, p in enumerate(self.params)}
+        # per layer, resolved once: the step's Python loop is a visible share of its time
+        self.layers = [
+            (linear.weight, linear.bias, found, self.grads[self.slot[id(linear.weight)]],
+             self.grads[self.slot[id(linear.bias)]] if linear.bias is not None else None)
+            for linear, found in zip(self.linears, self.kernels, strict=True)
+        ]  # fmt: skip
         self.swap_in()
 
     def __call__(self, x: Tensor, y: Tensor, eager: bool = False) -> Tensor:
@@ -219,24 +225,23 @@ class FusedStep:
     def forward(self, a: Tensor) -> tuple[list[Tensor], list[tuple[Tensor | None, Tensor]]]:
         """Each layer's input, and its (pre-activation if its backward needs it, output)."""
         inputs, saved = [], []
-        for linear, (activation, _, needs_z) in zip(self.linears, self.kernels, strict=True):
+        for weight, bias, (activation, _, needs_z), _, _ in self.layers:
             inputs.append(a)
-            z = F.linear(a, linear.weight, linear.bias)
+            z = F.linear(a, weight, bias)
             a = activation(z)
             saved.append((z if needs_z else None, a))
         return inputs, saved
 
     def backward(self, grad: Tensor, inputs: list[Tensor], saved: list[tuple[Tensor | None, Tensor]]) -> None:
         """Write every parameter's gradient into the flat buffer, from d loss / d logits."""
-        for i in reversed(range(len(self.linears))):
-            z, a = saved[i]
-            grad = self.kernels[i][1](grad, z, a)
-            linear = self.linears[i]
-            torch.mm(grad.t(), inputs[i], out=self.grads[self.slot[id(linear.weight)]])
-            if linear.bias is not None:
-                torch.sum(grad, 0, out=self.grads[self.slot[id(linear.bias)]])
+        for i in reversed(range(len(self.layers))):
+            weight, bias, (_, activation_backward, _), weight_grad, bias_grad = self.layers[i]
+            grad = activation_backward(grad, *saved[i])
+            torch.mm(grad.t(), inputs[i], out=weight_grad)
+            if bias is not None:
+                torch.sum(grad, 0, out=bias_grad)
             if i > 0:
-                grad = grad.mm(linear.weight)
+                grad = grad.mm(weight)
 
     def swap_in(self) -> None:
         """Give the optimizer one flat parameter and flat state built from its per-parameter state.
