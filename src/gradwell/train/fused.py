@@ -39,7 +39,8 @@ ops = torch.ops.aten
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
-# activation -> (forward, backward(grad, z, a), whether backward needs z (else the output a))
+# activation -> (forward, backward(grad, z, a), whether backward needs z). When the backward needs
+# only the output a, the forward runs in place on z, saving an allocation per layer.
 Kernel = tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor | None, Tensor], Tensor], bool]
 
 
@@ -48,7 +49,7 @@ def kernel(module: nn.Module) -> Kernel | None:
     if isinstance(module, nn.Identity):
         return (lambda z: z), (lambda g, z, a: g), False
     if type(module) is nn.ReLU:
-        return torch.relu, (lambda g, z, a: ops.threshold_backward(g, a, 0)), False
+        return torch.relu_, (lambda g, z, a: ops.threshold_backward(g, a, 0)), False
     if isinstance(module, (nn.LeakyReLU, LeakyReLU)):
         slope = module.negative_slope
         return (
@@ -57,18 +58,18 @@ def kernel(module: nn.Module) -> Kernel | None:
             True,
         )
     if type(module) is nn.SELU:
-        return F.selu, (lambda g, z, a: ops.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1.0, True, a)), False
+        return torch.selu_, (lambda g, z, a: ops.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1.0, True, a)), False
     if isinstance(module, nn.ELU):
         alpha = module.alpha
         return (
-            (lambda z: F.elu(z, alpha)),
+            (lambda z: F.elu_(z, alpha)),
             (lambda g, z, a: ops.elu_backward(g, alpha, 1.0, 1.0, True, a)),
             False,
         )
     if type(module) is nn.Sigmoid:
-        return torch.sigmoid, (lambda g, z, a: ops.sigmoid_backward(g, a)), False
+        return torch.sigmoid_, (lambda g, z, a: ops.sigmoid_backward(g, a)), False
     if type(module) is nn.Tanh:
-        return torch.tanh, (lambda g, z, a: ops.tanh_backward(g, a)), False
+        return torch.tanh_, (lambda g, z, a: ops.tanh_backward(g, a)), False
     if isinstance(module, (GELU, nn.GELU)) and module.approximate in ("none", "tanh"):
         approximate = module.approximate
         return (
