@@ -1,11 +1,11 @@
 """Overhead of the stability doctor's Monitor on `fit` (run by hand, not a test).
 
-    python benchmarks/bench_monitor.py [--steps 1000] [--repeats 5] [--every 100] [--threads 1]
+    python benchmarks/bench_monitor.py [--steps 1000] [--repeats 5] [--every 200] [--threads 1]
 
 Two networks: gradwell's default run (6 x 256 Swish MLP, BatchNorm before each activation, Nadam,
 batch 64, 40 features as MNIST-1D) and the chapter's 100 x 100 SELU MLP (LeCun init, Nadam,
 batch 32). Each timed run is a fresh model trained with `fit` for `steps` optimizer steps on random
-standardized inputs, with and without a Monitor at its default setting (every 100 steps). The two
+standardized inputs, with and without a Monitor at its default setting (every 200 steps). The two
 variants alternate in each repeat, in alternating order, so that drifts in machine load hit both.
 
 Two measures: the whole run (median of the paired time ratios, monitored / plain), and each

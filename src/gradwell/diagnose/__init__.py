@@ -1,7 +1,7 @@
 """The stability doctor: measure unstable gradients, explain them, prescribe the chapter's fixes.
 
     report = probe(model, x, y)            # one pass, at initialization or at any point
-    monitor = Monitor()                    # a callback for gradwell.train.fit, every 100 steps
+    monitor = Monitor()                    # a callback for gradwell.train.fit, every 200 steps
     print(report); report.to_dict(); report.plot("doctor.png")
 
 Modules: ``layers`` (what is measured), ``stats`` (the statistics and their hooks), ``probe``,
