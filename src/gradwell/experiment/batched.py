@@ -43,6 +43,7 @@ from gradwell import activations
 from gradwell.errors import GradwellError, NonFiniteError
 from gradwell.norm import BatchNorm
 from gradwell.regularize import l1_l2_penalty, max_norm_
+from gradwell.train.fused import plan
 from gradwell.train.loop import CLASSIFICATION, LOSSES, History
 
 # parameter-free functions applied to each element: they act on (K, B, F) as on (B, F)
@@ -68,6 +69,10 @@ CLIP_OPTIONS = ("clipnorm", "global_clipnorm")
 # passes over K seeds' stacked state stream from memory rather than cache: on 2 CPU cores, Adam on
 # 3 x 512 layers ran at 0.8x the speed of one seed after another (BENCHMARKS.md).
 LARGEST_BATCHED_LAYER = 256 * 256
+# A plain Linear + activation stack trains one seed at a time on fit's fused MLP step, which cuts
+# the same per-operation overhead batching does: batching 10 seeds still ran 3.4x faster on 2 x 100
+# layers, but no faster on 30 x 100 (BENCHMARKS.md).
+DEEPEST_BATCHED_FUSED = 10
 
 
 class StackedLinear(nn.Module):
@@ -253,6 +258,12 @@ def too_large_to_pay(models: Sequence[nn.Module]) -> str | None:
     largest = max((m.weight.numel() for m in leaves(models[0]) if isinstance(m, nn.Linear)), default=0)
     if largest > LARGEST_BATCHED_LAYER:
         return f"a layer of {largest} weights (batching pays up to {LARGEST_BATCHED_LAYER})"
+    fused = plan(models[0])
+    if not isinstance(fused, str) and len(fused[0]) > DEEPEST_BATCHED_FUSED:
+        return (
+            f"{len(fused[0])} Linear layers that fit's fused MLP step trains about as fast one seed at a "
+            f"time (batching pays up to {DEEPEST_BATCHED_FUSED})"
+        )
     return None
 
 
