@@ -30,9 +30,10 @@ from rich.table import Table
 
 from gradwell import data, models
 from gradwell.data import Split
+from gradwell.experiment import Summary, summarize
 from gradwell.pretrain import autoencoder, auxiliary, greedy_layerwise
 from gradwell.train import evaluate
-from gradwell.transfer import fine_tune, reuse, summarize
+from gradwell.transfer import fine_tune, reuse
 
 HIDDEN = [128, 64]
 PRETRAIN_EPOCHS = 20
@@ -107,20 +108,20 @@ def main() -> None:
         stats = summarize(results[method])
         gap = summarize([a - b for a, b in zip(results[method], results["scratch"], strict=True)])
         table.add_row(
-            method, f"{100 * stats['mean']:.2f}", *spread(stats), "" if method == "scratch" else show(gap)
+            method, f"{100 * stats.mean:.2f}", *spread(stats), "" if method == "scratch" else show(gap)
         )
     console.print(table)
 
 
-def spread(stats: dict) -> tuple[str, str]:
-    if stats["std"] is None:
+def spread(stats: Summary) -> tuple[str, str]:
+    if stats.ci is None:
         return "", ""
-    return f"{100 * stats['std']:.2f}", f"[{100 * stats['ci_low']:.2f}, {100 * stats['ci_high']:.2f}]"
+    return f"{100 * stats.std:.2f}", f"[{100 * stats.ci[0]:.2f}, {100 * stats.ci[1]:.2f}]"
 
 
-def show(gap: dict) -> str:
-    interval = "" if gap["std"] is None else f" [{100 * gap['ci_low']:+.2f}, {100 * gap['ci_high']:+.2f}]"
-    return f"{100 * gap['mean']:+.2f}{interval}"
+def show(gap: Summary) -> str:
+    interval = "" if gap.ci is None else f" [{100 * gap.ci[0]:+.2f}, {100 * gap.ci[1]:+.2f}]"
+    return f"{100 * gap.mean:+.2f}{interval}"
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import rel_error
-from scipy import stats
 from torch import nn
 
 from gradwell import models, optim
 from gradwell.data import Dataset, Split
 from gradwell.errors import CheckpointError, GradwellError
+from gradwell.experiment.transfer_study import load_study_config, study
 from gradwell.norm import BatchNorm
 from gradwell.train import Callback, fit
 from gradwell.transfer import (
@@ -24,10 +23,7 @@ from gradwell.transfer import (
     fine_tune,
     freeze,
     layerwise_lr,
-    load_study_config,
     reuse,
-    study,
-    summarize,
     unfreeze,
 )
 
@@ -278,17 +274,6 @@ def test_layerwise_lr_decays_from_the_top_and_skips_frozen_parameters():
     for decay in (0.0, 1.5, math.nan):
         with pytest.raises(GradwellError, match="decay must be a finite number in"):
             layerwise_lr(model, 0.1, decay)
-
-
-def test_summarize_gives_the_student_t_interval_of_the_mean(generator):
-    values = torch.rand(7, generator=generator, dtype=torch.float64).numpy()
-    result = summarize(values)
-    half = stats.t.ppf(0.975, 6) * np.std(values, ddof=1) / math.sqrt(7)
-    assert rel_error(result["mean"], values.mean()) < 1e-12
-    assert (
-        rel_error([result["ci_low"], result["ci_high"]], [values.mean() - half, values.mean() + half]) < 1e-12
-    )
-    assert summarize([0.5])["std"] is None
 
 
 TINY = """

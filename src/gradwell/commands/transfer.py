@@ -40,9 +40,9 @@ def percent(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradwell import transfer
+    from gradwell.experiment import transfer_study
 
-    config, options = transfer.load_study_config(args.config, args.set)
+    config, options = transfer_study.load_study_config(args.config, args.set)
     table = Table("seed", title="gradwell transfer: test accuracy (%)")
     columns = [key for key in COLUMNS if key != "a" or not options.model_a]
     for key in columns:
@@ -54,20 +54,18 @@ def run(args: argparse.Namespace) -> int:
                 f"seed {result['seed']}: " + ", ".join(f"{COLUMNS[k]} {percent(result[k])}" for k in columns)
             )
 
-    result = transfer.study(config, options, args.seeds, on_run=show)
+    result = transfer_study.study(config, options, args.seeds, on_run=show)
     if args.json:
         print_json(result.to_dict())
         return 0
     for run_result in result.runs:
         table.add_row(str(run_result["seed"]), *(percent(run_result[k]) for k in columns))
     table.add_section()
-    for label, stat in (
-        ("mean", "mean"),
-        ("std", "std"),
-        ("95% CI low", "ci_low"),
-        ("95% CI high", "ci_high"),
-    ):
-        table.add_row(label, *(percent(result.summary[k][stat]) for k in columns))
+    summaries = [result.summary[k] for k in columns]
+    table.add_row("mean", *(percent(s.mean) for s in summaries))
+    table.add_row("std", *(percent(s.std) for s in summaries))
+    table.add_row("95% CI low", *(percent(s.ci[0] if s.ci else None) for s in summaries))
+    table.add_row("95% CI high", *(percent(s.ci[1] if s.ci else None) for s in summaries))
     console.print(f"task A: {result.task_a}\ntask B: {result.task_b}")
     console.print(table)
     return 0

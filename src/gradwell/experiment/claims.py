@@ -332,8 +332,8 @@ def normalization_evaluate(scale: Scale) -> Evaluate:
 
 def transfer_trial(seed: int, *, scale: Scale) -> dict[str, Any]:
     """One seed of the chapter's case study: A on 8 classes, B (2 classes, few labels) from
-    scratch and B on A (reused, frozen, then fine-tuned), as ``gradwell.transfer.study_run``."""
-    from gradwell.transfer import TransferOptions, study_run
+    scratch and B on A (reused, frozen, then fine-tuned), as ``transfer_study.study_run``."""
+    from gradwell.experiment.transfer_study import TransferOptions, study_run
 
     config = with_seed(mlp(scale, depth=3, epochs=20, optimizer="nadam", lr=0.002, activation="elu"), seed)
     options = TransferOptions(
