@@ -21,3 +21,11 @@ def test_ci_runs_the_readme_test_command():
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command in (ROOT / ".ci" / "run").read_text()
     assert any(c.endswith("gradwell train") for c in commands)
+
+
+def test_the_public_api_is_importable_from_the_package():
+    import gradwell
+
+    missing = [name for name in gradwell.__all__ if not hasattr(gradwell, name)]
+    assert not missing
+    assert gradwell.fit is gradwell.train.fit and gradwell.mlp(4, 2, hidden=[3])[-1].out_features == 2

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
-from gradwell.plots import figure
+from gradwell.plots import figure, integer_ticks
 
 if TYPE_CHECKING:
     from gradwell.diagnose.report import Report
@@ -87,7 +86,7 @@ def heatmap(ax, history) -> None:
     ax.figure.colorbar(image, ax=ax, label="log10 weight gradient norm")
     ticks = np.unique(np.linspace(0, len(history.steps) - 1, 5).round().astype(int))
     ax.set_xticks(ticks, [str(history.steps[i]) for i in ticks])
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(ax.yaxis)
     ax.set_xlabel("step")
     ax.set_ylabel("layer (0 = first)")
 

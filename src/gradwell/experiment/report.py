@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
 from gradwell.experiment.runner import Results, higher_is_better
 from gradwell.experiment.stats import Paired, Summary, compare, summarize
-from gradwell.plots import figure
+from gradwell.plots import figure, integer_ticks
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ def plot_learning_curves(results: Results, path: Path) -> Path | None:
                 ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
             ax.set_xlabel("epoch")
             ax.set_ylabel(key)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            integer_ticks(ax.xaxis)
             values = np.concatenate(plotted) if plotted else np.ones(1)
             low, high = np.nanmin(values), np.nanmax(values)
             if "loss" in key and low > 0 and high / low > 100:
