@@ -42,7 +42,7 @@ from gradwell.init import (
 )
 from gradwell.models import cnn, mlp, summary
 from gradwell.norm import BatchNorm
-from gradwell.optim import SGD, AdaGrad, AdaMax, Adam, AdamW, Nadam, RMSProp
+from gradwell.optim import SGD, AdaGrad, Adam, AdaMax, AdamW, Nadam, RMSProp
 from gradwell.pretrain import RBM, autoencoder, auxiliary, greedy_layerwise
 from gradwell.regularize import l1_l2_penalty, max_norm_, mc_dropout_predict
 from gradwell.train import Callback, EarlyStopping, History, evaluate, fit
