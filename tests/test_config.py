@@ -109,3 +109,13 @@ def test_the_default_onecycle_ends_at_its_lowest_rate_not_below_zero():
     )
     final = history.metric("lr")[-1]
     assert 0 < final <= config.schedule["max_lr"] / 10 / 1000 * 1.0001  # max_lr / div / final_div
+
+
+@pytest.mark.parametrize("name", ["selu_100", "batchnorm", "clipped_rmsprop"])
+def test_the_example_configs_are_valid(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.toml"
+    config = configs.load(path, ["data.num_samples=200"])
+    prepared = job.prepare(config)
+    assert sum(p.numel() for p in prepared.model.parameters()) > 0

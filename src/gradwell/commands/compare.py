@@ -41,6 +41,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="override a value in every config, e.g. --set train.epochs=5",
     )
     parser.add_argument("--workers", type=int, help="worker processes (default: one per core; 0: none)")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the config x seed "
+        "grid as Ray tasks: on a local Ray instance, or on the cluster at ADDRESS "
+        "(e.g. auto, ray://host:10001); needs pip install 'gradwell[ray]'",
+    )
     parser.add_argument("--out", help="the run folder (default runs/compare-<timestamp>)")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.set_defaults(handler=run)
@@ -58,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if len(set(names)) < len(names):
         names = [f"{name}-{i}" for i, name in enumerate(names, 1)]
     arms = {name: configs.load(path, args.set) for name, path in zip(names, args.configs, strict=True)}
-    results = run_experiment(arms, seeds=range(args.seeds), workers=args.workers)
+    if args.ray is None:
+        results = run_experiment(arms, seeds=range(args.seeds), workers=args.workers)
+    else:
+        from gradwell.experiment.cluster import RayExecutor
+
+        with RayExecutor(args.ray or None) as executor:
+            results = run_experiment(arms, seeds=range(args.seeds), workers=args.workers, executor=executor)
     out = Path(args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
     comparison = write_report(results, out, args.metric)
     if args.json:
