@@ -39,7 +39,7 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch's CUDA
 
 
 @dataclass(frozen=True)
-class Path:
+class TrainingPath:
     """Which step runs, and why: shown to the user as one log line."""
 
     name: str  # "cuda-graph" or "eager"
@@ -64,27 +64,31 @@ def choose_path(
     scheduler: Any,
     fast: bool = True,
     not_fused: str | None = "not checked",
-) -> Path:
+) -> TrainingPath:
     """The fastest path that applies, with the reason; `not_fused` says why the fused step cannot run.
 
     On a CUDA device: the whole step in a CUDA graph. Elsewhere: the fused MLP step
     (gradwell.train.fused) for a plain Linear + activation stack. Otherwise eager.
     """
     if not fast:
-        return Path("eager", "fast=False")
+        return TrainingPath("eager", "fast=False")
     if device.type != "cuda":
         if not_fused is None:
-            return Path(
+            return TrainingPath(
                 "fused-mlp", "Linear + activation stack: hand-written backward, one flat parameter buffer"
             )
-        return Path(
+        return TrainingPath(
             "eager", f"CUDA graphs need a CUDA device, and the fused MLP step does not apply: {not_fused}"
         )
     if not can_capture(optimizer):
-        return Path("eager", f"{type(optimizer).__name__} has no capturable mode")
+        return TrainingPath("eager", f"{type(optimizer).__name__} has no capturable mode")
     if cycles_momentum(scheduler):
-        return Path("eager", "the 1cycle schedule changes momentum, which a captured graph would freeze")
-    return Path("cuda-graph", "static batch shape, capturable optimizer; the last partial batch runs eagerly")
+        return TrainingPath(
+            "eager", "the 1cycle schedule changes momentum, which a captured graph would freeze"
+        )
+    return TrainingPath(
+        "cuda-graph", "static batch shape, capturable optimizer; the last partial batch runs eagerly"
+    )
 
 
 def prepare_for_capture(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

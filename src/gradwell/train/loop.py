@@ -27,6 +27,7 @@ from gradwell.train import distributed, state
 from gradwell.train.callbacks import Callback
 from gradwell.train.fastpath import (
     GraphedStep,
+    TrainingPath,
     choose_path,
     needs_eager_step,
     prepare_for_capture,
@@ -219,28 +220,15 @@ def fit(
         callbacks.append(bar)
     metrics = Metrics(device)
     run = Run(
-        model,
-        optimizer,
-        scheduler,
-        callbacks,
-        device,
-        epochs,
+        model, optimizer, scheduler, callbacks, device, epochs,
         len(x) // batch_size if parallel else -(-len(x) // batch_size),
-        torch.Generator(device=device).manual_seed(seed),
-        metrics,
-    )
+        torch.Generator(device=device).manual_seed(seed), metrics,
+    )  # fmt: skip
     options = dict(
-        l1=l1,
-        l2=l2,
-        max_norm=max_norm,
-        accuracy=loss in CLASSIFICATION,
-        precision=precision,
+        l1=l1, l2=l2, max_norm=max_norm, accuracy=loss in CLASSIFICATION, precision=precision,
         forward=distributed.wrap(model, device) if parallel else torch.compile(model) if compile else None,
-    )
-    step = make_step(model, resolve_loss(loss), optimizer, metrics, on_nonfinite=on_nonfinite, **options)
-    not_fused = why_not_fused(
-        model,
-        optimizer,
+    )  # fmt: skip
+    blockers = dict(
         l1=l1 > 0,
         l2=l2 > 0,
         bf16=precision != "fp32",
@@ -248,19 +236,10 @@ def fit(
         compile=compile,
         parallel=parallel,
     )
-    path = choose_path(
-        device, optimizer, scheduler, fast and on_nonfinite == "stop" and not parallel, not_fused
+    fast = fast and on_nonfinite == "stop" and not parallel
+    step, path = select_step(
+        run, resolve_loss(loss), x[:batch_size], y[:batch_size], options, on_nonfinite, fast, blockers
     )
-    log.info("%s", path)
-    run.history.path = str(path)
-    capturable = [group.get("capturable", False) for group in optimizer.param_groups]
-    if path.name == "cuda-graph":
-        prepare_for_capture(optimizer, device)
-        step = GraphedStep(step, x[:batch_size], y[:batch_size])
-    if path.name == "fused-mlp":
-        step = FusedStep(
-            model, resolve_loss(loss), optimizer, metrics, accuracy=loss in CLASSIFICATION, max_norm=max_norm
-        )
     unfused = step.unfused if isinstance(step, FusedStep) else nullcontext
 
     def replay() -> tuple[int, Tensor, Tensor] | None:
@@ -268,6 +247,9 @@ def fit(
         checked = make_step(model, resolve_loss(loss), optimizer, checks, on_nonfinite="skip", **options)
         return replay_to_first_bad_step(run, checked, checks, x, y, batch_size)
 
+    capturable = [group.get("capturable", False) for group in optimizer.param_groups]
+    if path.name == "cuda-graph":
+        prepare_for_capture(optimizer, device)
     rng_devices = [device] if device.type == "cuda" else []
     try:
         with (
@@ -286,14 +268,8 @@ def fit(
                     epoch_start = state.snapshot(run, metrics) if on_nonfinite == "stop" else None
                 started = time.perf_counter()
                 logs, first_nonfinite = train_epoch(run, step, x, y, batch_size)
-                if run.interrupted:
-                    with unfused():
-                        raise interrupted(run, checkpoint_dir)
-                if first_nonfinite >= 0 and parallel:
-                    raise NonFiniteError(f"the training loss became non-finite at step {first_nonfinite}")
-                if first_nonfinite >= 0:
-                    with unfused():
-                        raise explain_nonfinite(run, epoch_start, replay, resolve_loss(loss), first_nonfinite)
+                with unfused():
+                    check_epoch(run, first_nonfinite, epoch_start, replay, resolve_loss(loss), checkpoint_dir)
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in evaluate(model, *val, loss).items()})
                 end_epoch(run, logs, started)
@@ -312,6 +288,53 @@ def fit(
             step.swap_out()
     run.history.stop_reason = run.stop_reason or f"completed {epochs} epochs"
     return run.history
+
+
+def select_step(
+    run: Run,
+    loss_fn: Callable,
+    x: Tensor,
+    y: Tensor,
+    options: dict[str, Any],
+    on_nonfinite: str,
+    fast: bool,
+    blockers: dict[str, bool],
+) -> tuple[Callable, TrainingPath]:
+    """The step of the fastest path that applies (fastpath.choose_path), and the path, logged."""
+    step = make_step(run.model, loss_fn, run.optimizer, run.metrics, on_nonfinite=on_nonfinite, **options)
+    not_fused = why_not_fused(run.model, run.optimizer, **blockers)
+    path = choose_path(run.device, run.optimizer, run.scheduler, fast, not_fused)
+    log.info("%s", path)
+    run.history.path = str(path)
+    if path.name == "cuda-graph":
+        step = GraphedStep(step, x, y)
+    elif path.name == "fused-mlp":
+        step = FusedStep(
+            run.model,
+            loss_fn,
+            run.optimizer,
+            run.metrics,
+            accuracy=options["accuracy"],
+            max_norm=options["max_norm"],
+        )
+    return step, path
+
+
+def check_epoch(
+    run: Run,
+    first_nonfinite: int,
+    epoch_start: dict[str, Any] | None,
+    replay: Callable,
+    loss_fn: Callable,
+    checkpoint_dir: str | Path | None,
+) -> None:
+    """Raise for a Ctrl-C (after saving) or a non-finite loss (named by a replay) in the epoch."""
+    if run.interrupted:
+        raise interrupted(run, checkpoint_dir)
+    if first_nonfinite >= 0 and distributed.active():
+        raise NonFiniteError(f"the training loss became non-finite at step {first_nonfinite}")
+    if first_nonfinite >= 0:
+        raise explain_nonfinite(run, epoch_start, replay, loss_fn, first_nonfinite)
 
 
 def check_run_arguments(epochs: int, batch_size: int, checkpoint_dir: Any, resume: bool) -> None:
