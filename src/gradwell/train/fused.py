@@ -163,31 +163,26 @@ class FusedStep:
         layers, self.flatten = plan(model)
         self.model, self.loss_fn, self.optimizer, self.metrics = model, loss_fn, optimizer, metrics
         self.accuracy, self.max_norm = accuracy, max_norm
-        self.linears = [linear for linear, _ in layers]
-        self.kernels = [found for _, found in layers]
-        self.params = [p for linear in self.linears for p in linear.parameters()]
+        self.params = [p for linear, _ in layers for p in linear.parameters()]
         first = self.params[0]
         total = sum(p.numel() for p in self.params)
         self.flat = nn.Parameter(torch.empty(total, device=first.device, dtype=first.dtype))
         self.flat.grad = torch.zeros_like(self.flat)
         self.offsets = []
+        self.grads: dict[int, Tensor] = {}  # id(parameter) -> its gradient, a view into flat.grad
         offset = 0
         with torch.no_grad():
             for p in self.params:
                 self.flat[offset : offset + p.numel()].copy_(p.reshape(-1))
                 p.data = self.flat.data[offset : offset + p.numel()].view_as(p)
+                self.grads[id(p)] = self.flat.grad[offset : offset + p.numel()].view_as(p)
                 self.offsets.append(offset)
                 offset += p.numel()
-        self.grads = [
-            self.flat.grad[o : o + p.numel()].view_as(p)
-            for o, p in zip(self.offsets, self.params, strict=True)
-        ]
-        self.slot = {id(p): i for i, p in enumerate(self.params)}
         # per layer, resolved once: the step's Python loop is a visible share of its time
         self.layers = [
-            (linear.weight, linear.bias, found, self.grads[self.slot[id(linear.weight)]],
-             self.grads[self.slot[id(linear.bias)]] if linear.bias is not None else None)
-            for linear, found in zip(self.linears, self.kernels, strict=True)
+            (linear.weight, linear.bias, found, self.grads[id(linear.weight)],
+             self.grads[id(linear.bias)] if linear.bias is not None else None)
+            for linear, found in layers
         ]  # fmt: skip
         self.swap_in()
 

@@ -399,12 +399,12 @@ def train_epoch(
     if run.position == 0:
         run.metrics.start_epoch(run.step)
     per_step = run.scheduler is not None and not isinstance(run.scheduler, ReduceLROnPlateau)
-    graphed = isinstance(step, GraphedStep | FusedStep)
+    takes_eager = isinstance(step, GraphedStep | FusedStep)  # can run a step eagerly when asked
     for xb, yb in epoch_batches(run, x, y, batch_size):
-        eager = graphed and needs_eager_step(run.callbacks, run)
+        eager = takes_eager and needs_eager_step(run.callbacks, run)
         for callback in run.callbacks:
             callback.on_step_begin(run)
-        loss = step(xb, yb, eager=eager) if graphed else step(xb, yb)
+        loss = step(xb, yb, eager=eager) if takes_eager else step(xb, yb)
         run.step += 1
         run.position += 1
         if per_step:
