@@ -29,7 +29,7 @@ from torch import nn
 
 from gradwell import data as datasets
 from gradwell import models, optim
-from gradwell.config import Config, check_call
+from gradwell.config import Config, TrainConfig, check_call
 from gradwell.diagnose import Monitor, Report, probe_split
 from gradwell.errors import ConfigError, unknown_name
 from gradwell.plots import learning_curves
@@ -139,6 +139,20 @@ def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int)
     return optim.schedule(name, optimizer, **options)
 
 
+def fit_options(train: TrainConfig) -> dict[str, Any]:
+    """``fit``'s keyword arguments from a config's [train] section, all of them but the device."""
+    return dict(
+        epochs=train.epochs, batch_size=train.batch_size, loss=train.loss, l1=train.l1, l2=train.l2,
+        max_norm=train.max_norm, seed=train.seed, on_nonfinite=train.on_nonfinite, precision=train.precision,
+        fast=train.fast, compile=train.compile, sync_batchnorm=train.sync_batchnorm,
+    )  # fmt: skip
+
+
+def early_stopping(train: TrainConfig) -> list[EarlyStopping]:
+    """The config's early stopping, as a callback list (empty without train.early_stopping)."""
+    return [EarlyStopping(patience=train.early_stopping)] if train.early_stopping is not None else []
+
+
 def prepare(config: Config) -> Prepared:
     """Load the data and build model, optimizer and schedule; every config error surfaces here."""
     train = config.train
@@ -174,18 +188,13 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
         (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
     train = config.train
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl")] if main else []
-    if train.early_stopping is not None:
-        callbacks.append(EarlyStopping(patience=train.early_stopping))
     monitor = Monitor()
-    callbacks.append(monitor)
+    callbacks += [*early_stopping(train), monitor]
     started = time.perf_counter()
     history = fit(
         prepared.model, prepared.dataset, optimizer=prepared.optimizer, scheduler=prepared.scheduler,
-        epochs=train.epochs, batch_size=train.batch_size, loss=train.loss, callbacks=callbacks, l1=train.l1,
-        l2=train.l2, max_norm=train.max_norm, seed=train.seed, device=prepared.device,
-        checkpoint_dir=run_dir / "checkpoints", resume=resume, on_nonfinite=train.on_nonfinite,
-        progress=config.output.progress, precision=train.precision, fast=train.fast, compile=train.compile,
-        sync_batchnorm=train.sync_batchnorm,
+        callbacks=callbacks, device=prepared.device, checkpoint_dir=run_dir / "checkpoints", resume=resume,
+        progress=config.output.progress, **fit_options(train),
     )  # fmt: skip
     seconds = time.perf_counter() - started
     test = prepared.dataset.test

@@ -47,7 +47,7 @@ from gradwell.config import load as load_config
 from gradwell.data import Dataset
 from gradwell.errors import GradwellError
 from gradwell.experiment.batched import fit_seeds, stack_problem, too_large_to_pay
-from gradwell.train import EarlyStopping, fit
+from gradwell.train import fit
 from gradwell.train.callbacks import Callback
 from gradwell.train.loop import evaluate as evaluate_model
 
@@ -408,25 +408,11 @@ def train_single(
         optimizer = job.build_optimizer(config, model)
         train = config.train
         steps = train.epochs * -(-len(dataset.train) // train.batch_size)
-        callbacks = [epochs] + (
-            [EarlyStopping(patience=train.early_stopping)] if train.early_stopping else []
-        )
         history = fit(
-            model,
-            dataset,
-            optimizer=optimizer,
-            scheduler=job.build_schedule(config, optimizer, steps),
-            epochs=train.epochs,
-            batch_size=train.batch_size,
-            loss=train.loss,
-            callbacks=callbacks,
-            l1=train.l1,
-            l2=train.l2,
-            max_norm=train.max_norm,
-            seed=seed,
-            device=device,
-            progress=False,
-        )
+            model, dataset, optimizer=optimizer, scheduler=job.build_schedule(config, optimizer, steps),
+            callbacks=[epochs, *job.early_stopping(train)], device=device, progress=False,
+            **job.fit_options(train),
+        )  # fmt: skip
         record = finish(label, seed, path, model, dataset, config, history.epochs, evaluate)
         record.stop_reason = history.stop_reason
     except Exception as error:

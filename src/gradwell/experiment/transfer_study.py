@@ -22,7 +22,7 @@ from gradwell.config import Config
 from gradwell.data import Dataset, split_by_classes
 from gradwell.errors import CheckpointError, ConfigError
 from gradwell.experiment.stats import Summary, summarize
-from gradwell.train import EarlyStopping, fit
+from gradwell.train import fit
 from gradwell.train.loop import evaluate
 from gradwell.transfer import count_option, fine_tune, reuse
 
@@ -93,16 +93,20 @@ def train_task(
     """A fresh model of `config` trained on `dataset` with its optimizer, schedule and options."""
     from gradwell import job
 
-    train = config.train
     model = job.build_model(config, dataset).to(device)
     optimizer = job.build_optimizer(config, model)
     scheduler = job.build_schedule(config, optimizer, epochs * -(-len(dataset.train) // batch_size))
-    stopping = [EarlyStopping(patience=train.early_stopping)] if train.early_stopping is not None else []
+    options = {**job.fit_options(config.train), "epochs": epochs, "batch_size": batch_size}
     fit(
-        model, dataset, optimizer=optimizer, scheduler=scheduler, epochs=epochs, batch_size=batch_size,
-        callbacks=stopping, l1=train.l1, l2=train.l2, max_norm=train.max_norm, seed=train.seed,
-        device=device, progress=False,
-    )  # fmt: skip
+        model,
+        dataset,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        callbacks=job.early_stopping(config.train),
+        device=device,
+        progress=False,
+        **options,
+    )
     return model
 
 
