@@ -7,8 +7,16 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 import torch
+from hypothesis import settings
 
 torch.set_num_threads(1)
+
+# The suite is a gate, so its property tests draw the same examples on every run; a failure in CI
+# is then a bug anyone can reproduce. `HYPOTHESIS_PROFILE=explore` draws fresh ones, to hunt for
+# new bugs (add --hypothesis-seed=N to replay a hunt).
+settings.register_profile("gate", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 
 def as_float64(value) -> torch.Tensor:

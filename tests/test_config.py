@@ -76,6 +76,8 @@ def test_missing_file_and_bad_overrides():
         ("data.imag=true", r"dataset 'digits' takes no option 'imag' \(did you mean 'image'\?\)"),
         ("train.device=tpu", "train.device = 'tpu' is not a device"),
         ("model.init=xavier", "unknown init 'xavier'; valid: auto, torch, glorot_normal"),
+        ("train.batch_size=0", "batch_size must be a positive int; got 0"),
+        ("train.loss=mse", r"loss 'mse' compares each output with a float target of the same shape"),
     ],
 )
 def test_errors_surface_in_prepare_before_any_training(tmp_path, override, message):

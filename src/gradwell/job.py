@@ -35,7 +35,7 @@ from gradwell.errors import ConfigError, unknown_name
 from gradwell.plots import learning_curves
 from gradwell.train import EarlyStopping, distributed, fit
 from gradwell.train.callbacks import MetricsLogger
-from gradwell.train.loop import evaluate
+from gradwell.train.loop import check_data_fits_model, check_run_arguments, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,11 @@ def early_stopping(train: TrainConfig) -> list[EarlyStopping]:
 def prepare(config: Config) -> Prepared:
     """Load the data and build model, optimizer and schedule; every config error surfaces here."""
     train = config.train
+    check_run_arguments(train.epochs, train.batch_size, checkpoint_dir=None, resume=False)
     device = resolve_device(train.device)
     dataset = load_data(config)
     model = build_model(config, dataset).to(device)
+    check_data_fits_model(model, dataset.train.x.to(device), dataset.train.y.to(device), train.loss)
     optimizer = build_optimizer(config, model)
     steps = train.epochs * -(-len(dataset.train) // train.batch_size)
     scheduler = build_schedule(config, optimizer, steps)

@@ -45,6 +45,7 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "binary_cross_entropy": F.binary_cross_entropy_with_logits,  # on logits, float 0/1 labels
 }
 CLASSIFICATION = ("cross_entropy",)
+ELEMENTWISE = ("mse", "binary_cross_entropy")  # targets shaped like the outputs
 
 Scheduler = LRScheduler | ReduceLROnPlateau
 
@@ -365,6 +366,12 @@ def check_data_fits_model(model: nn.Module, x: Tensor, y: Tensor, loss: Any) -> 
         raise DataError(f"the model cannot take inputs of shape {tuple(x.shape[1:])}: {error}") from None
     finally:
         model.train(was_training)
+    if loss in ELEMENTWISE and (y.shape[1:] != output.shape[1:] or not y.is_floating_point()):
+        raise DataError(
+            f"loss {loss!r} compares each output with a float target of the same shape: the model "
+            f"gives {tuple(output.shape[1:])} per sample, the labels are {y.dtype} of shape "
+            f"{tuple(y.shape[1:])}; for integer class labels use loss 'cross_entropy'"
+        )
     if loss == "cross_entropy" and output.dim() == 2 and int(y.max()) >= output.shape[1]:
         raise DataError(
             f"labels go up to {int(y.max())}, but the model has {output.shape[1]} outputs; "
