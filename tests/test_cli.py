@@ -103,3 +103,27 @@ def test_train_data_parallel_in_two_processes(tmp_path, tiny_config):
     result = json.loads(done.stdout)  # printed once, by process 0
     assert result["epochs"] == 1 and result["test"]["accuracy"] > 0.3
     assert (tmp_path / "runs" / "ddp" / "model.safetensors").is_file()
+
+
+def test_fold_a_trained_run_then_refuse_a_folder_that_is_not_one(tmp_path, tiny_config):
+    done = gradwell("train", str(tiny_config), "--set", "output.name=tiny", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "runs" / "tiny"
+    folded = gradwell("fold", str(run_dir), "--json", cwd=tmp_path)
+    assert folded.returncode == 0, folded.stderr
+    result = json.loads(folded.stdout)
+    assert result["folded"] == ["hidden1.norm", "hidden2.norm"] and result["left"] == []
+    assert result["test"][0]["accuracy"] == pytest.approx(result["test"][1]["accuracy"], abs=1e-3)
+    assert (
+        result["path"] == str(run_dir / "model_folded.safetensors")
+        and (run_dir / "model_folded.safetensors").is_file()
+    )
+    shown = gradwell("fold", str(run_dir), "--out", str(tmp_path / "f.safetensors"), cwd=tmp_path)
+    assert (
+        shown.returncode == 0 and "BatchNorm layers folded" in shown.stdout and "hidden2.norm" in shown.stdout
+    )
+
+    refused = gradwell("fold", str(tmp_path), cwd=tmp_path)
+    assert refused.returncode == 2  # rich wraps the message to the terminal's width
+    assert "is not a run folder of gradwell train" in " ".join(refused.stderr.split())
+    assert "Traceback" not in refused.stderr

@@ -151,8 +151,17 @@ def test_fit_refuses_data_the_model_cannot_take():
 def test_fit_refuses_class_labels_for_an_elementwise_loss(loss):
     """(N, 3) outputs against (N,) integer labels would broadcast to nonsense inside torch."""
     data, model = blobs(), models.mlp(8, 3, hidden=[4])
-    with pytest.raises(DataError, match=r"model gives \(3,\) per sample, the labels are torch.int64 of shape \(\)"):
-        fit(model, data, loss=loss, optimizer=optim.create("sgd", model.parameters()), epochs=1, progress=False)
+    with pytest.raises(
+        DataError, match=r"model gives \(3,\) per sample, the labels are torch.int64 of shape \(\)"
+    ):
+        fit(
+            model,
+            data,
+            loss=loss,
+            optimizer=optim.create("sgd", model.parameters()),
+            epochs=1,
+            progress=False,
+        )
     one_hot = torch.nn.functional.one_hot(data.train.y, 3).float()
     val_one_hot = torch.nn.functional.one_hot(data.val.y, 3).float()
     targets = Dataset(Split(data.train.x, one_hot), Split(data.val.x, val_one_hot), data.test, 3, "one-hot")

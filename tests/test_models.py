@@ -176,6 +176,7 @@ def test_generator_makes_init_reproducible_without_touching_the_global_rng():
         ("before", ["linear", "norm", "activation", "dropout"], False),
         ("after", ["linear", "activation", "norm", "dropout"], True),
         (None, ["linear", "activation", "dropout"], True),
+        ("none", ["linear", "activation", "dropout"], True),  # TOML's spelling of None
     ],
 )
 def test_batchnorm_position_and_bias(position, order, bias):
@@ -183,7 +184,7 @@ def test_batchnorm_position_and_bias(position, order, bias):
     for _, block in hidden_blocks(model):
         assert list(dict(block.named_children())) == order
         assert (block.linear.bias is not None) == bias
-        if position:
+        if position in ("before", "after"):
             assert block.norm.momentum == 0.9 and block.norm.eps == 1e-3
     assert model.output.bias is not None
     model.train()

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 from rich.logging import RichHandler
 
-from gradwell.commands import claims, compare, datasets, diagnose, train, transfer
+from gradwell.commands import claims, compare, datasets, diagnose, fold, train, transfer
 from gradwell.commands.output import errors
 from gradwell.errors import GradwellError
 
-COMMANDS = (train, datasets, transfer, diagnose, compare, claims)
+COMMANDS = (train, datasets, transfer, diagnose, fold, compare, claims)
 
 
 def parser() -> argparse.ArgumentParser:

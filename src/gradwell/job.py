@@ -7,7 +7,7 @@ writes nothing. Under torchrun every process trains and process 0 writes. The ru
     config.toml          the resolved config (defaults filled in), to rerun or resume
     metrics.jsonl        one JSON object per epoch
     checkpoints/         the last two checkpoints (safetensors), for --resume
-    model.safetensors    the final weights
+    model.safetensors    the final weights (`load_run` rebuilds the model from them)
     learning_curves.png  loss and accuracy per epoch
     result.json          test metrics, epochs, time and the stability doctor's verdicts
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,22 +25,26 @@ from typing import Any
 
 import tomli_w
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
+from gradwell import config as configs
 from gradwell import data as datasets
 from gradwell import models, optim
 from gradwell.config import Config, TrainConfig, check_call
 from gradwell.diagnose import Monitor, Report, probe_split
-from gradwell.errors import ConfigError, unknown_name
+from gradwell.errors import CheckpointError, ConfigError, unknown_name
+from gradwell.fold import FoldWarning, fold_batchnorm
 from gradwell.plots import learning_curves
 from gradwell.train import EarlyStopping, distributed, fit
 from gradwell.train.callbacks import MetricsLogger
+from gradwell.train.checkpoint import load_weights, read_metadata, read_weights, write_atomically
 from gradwell.train.loop import check_data_fits_model, check_run_arguments, evaluate
 
 log = logging.getLogger(__name__)
 
 BUILDERS = {"mlp": models.mlp, "cnn": models.cnn}
+MODEL_FILE = "model.safetensors"
 
 
 @dataclass
@@ -208,12 +213,52 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
         path=history.path,
     )  # fmt: skip
     if main:
-        save_file(
-            {k: v.contiguous() for k, v in prepared.model.state_dict().items()}, run_dir / "model.safetensors"
-        )
+        save_weights(prepared.model, run_dir / MODEL_FILE)
         learning_curves(history.epochs, run_dir / "learning_curves.png", title=run_dir.name)
         result.doctor = probe_split(
             prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed
         )
         (run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+@dataclass
+class TrainedRun:
+    """A finished ``gradwell train`` run, loaded back: its config, its data and its trained model."""
+
+    run_dir: Path
+    config: Config
+    dataset: datasets.Dataset = field(repr=False)
+    model: nn.Module = field(repr=False)
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """The model's state dict as a safetensors file, written atomically (no half-written weights)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    write_atomically(path, save(tensors, metadata=metadata))
+
+
+def load_run(path: str | Path, weights: str = MODEL_FILE) -> TrainedRun:
+    """Rebuild a run folder's model from its config.toml and load its `weights` file, on the CPU.
+
+    `weights` is a file name in the run folder, or any path.
+
+    A weights file written by `gradwell fold` (with ``folded`` in its metadata) loads into the model
+    with its BatchNorm layers folded, the architecture it was saved from.
+    """
+    run_dir = Path(path)
+    weights_path = run_dir / weights
+    if not (run_dir / "config.toml").is_file() or not weights_path.is_file():
+        raise CheckpointError(
+            f"{str(run_dir)!r} is not a run folder of gradwell train: it needs config.toml and {weights}"
+        )
+    config = configs.load(run_dir / "config.toml")
+    dataset = load_data(config)
+    model = build_model(config, dataset)
+    tensors = read_weights(weights_path)
+    if weights_path.suffix == ".safetensors" and read_metadata(weights_path.read_bytes()).get("folded"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FoldWarning)  # reported when the weights were folded
+            model = fold_batchnorm(model)
+    load_weights(model, tensors, source=str(weights_path))
+    return TrainedRun(run_dir, config, dataset, model)

@@ -114,8 +114,10 @@ def block_options(
 ) -> BlockOptions:
     """Validate the options shared by ``mlp`` and ``cnn`` (every bad value fails before any layer)."""
     make_activation = activation_factory(activation, activation_options)
+    if batchnorm == "none":  # TOML has no null: the way a config turns a default batchnorm off
+        batchnorm = None
     if batchnorm not in BATCHNORM_POSITIONS:
-        raise unknown_name("batchnorm position", batchnorm, [str(p) for p in BATCHNORM_POSITIONS])
+        raise unknown_name("batchnorm position", batchnorm, ["none", "before", "after"])
     selu = isinstance(make_activation(), nn.SELU)
     return BlockOptions(
         activation=make_activation,
@@ -274,7 +276,7 @@ def mlp(
             gain, LeCun for SELU) to the hidden layers; or a ``gradwell.init`` name or initializer;
             or "torch" for torch's default everywhere. The output layer gets Glorot uniform
             (the table's entry for linear/softmax outputs) unless "torch". Biases start at 0.
-        batchnorm: None, "before" the activation (the hidden Linear then has no bias: BN's beta
+        batchnorm: None (or "none"), "before" the activation (the hidden Linear then has no bias: BN's beta
             replaces it) or "after" it (the Linear keeps its bias), as in the chapter's examples.
         input_batchnorm: a BatchNorm on the inputs, the chapter's first layer.
         bn_momentum, bn_eps: the BatchNorms' settings (Keras's momentum 0.99).

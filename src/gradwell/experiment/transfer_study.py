@@ -68,23 +68,14 @@ def load_study_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[
     return configs.from_dict(raw, source=str(path)), configs.fill(TransferOptions, section, "transfer")
 
 
-def load_run(path: str | Path) -> nn.Module:
-    """The trained model of a ``gradwell train`` run folder (its config.toml and model.safetensors)."""
-    from safetensors.torch import load_file
-
+def load_model_a(path: str | Path) -> nn.Module:
+    """Model A from a ``gradwell train`` run folder (transfer.model_a)."""
     from gradwell import job
-    from gradwell.train.checkpoint import load_weights
 
-    run_dir = Path(path)
-    if not (run_dir / "config.toml").is_file() or not (run_dir / "model.safetensors").is_file():
-        raise CheckpointError(
-            f"transfer.model_a = {str(path)!r} is not a run folder of gradwell train: "
-            "it needs config.toml and model.safetensors"
-        )
-    config = configs.load(run_dir / "config.toml")
-    model = job.build_model(config, job.load_data(config))
-    load_weights(model, load_file(run_dir / "model.safetensors"), source=str(run_dir / "model.safetensors"))
-    return model
+    try:
+        return job.load_run(path).model
+    except CheckpointError as error:
+        raise CheckpointError(f"transfer.model_a: {error}") from None
 
 
 def train_task(
@@ -181,7 +172,7 @@ def study(
     seeds = count_option("seeds", options.seeds if seeds is None else seeds, 1)
     device = job.resolve_device(config.train.device)
     dataset = job.load_data(config)
-    model_a = load_run(options.model_a) if options.model_a else None
+    model_a = load_model_a(options.model_a) if options.model_a else None
     task_a, task_b = split_by_classes(dataset, options.classes_a, options.classes_b)
     reuse(
         model_a or job.build_model(config, task_a), options.drop_top, task_b.num_classes
