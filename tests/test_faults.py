@@ -1,5 +1,6 @@
 """Runs that go wrong: non-finite values, Ctrl-C, SIGKILL, bad data. Nothing is lost or corrupted."""
 
+import json
 import os
 import signal
 import subprocess
@@ -300,3 +301,21 @@ def test_foreign_torch_and_safetensors_weights_load(tmp_path):
         ckpt.read_weights(tmp_path / "junk.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         ckpt.read_weights(tmp_path / "missing.pt")
+
+
+def test_a_diverging_job_writes_the_doctors_reading_and_keeps_it_on_the_error(tmp_path):
+    from gradwell import config as configs
+    from gradwell import job
+
+    config = configs.load(None, [
+        "data.name=digits", "model.depth=3", "model.width=32", "model.batchnorm=none", "optimizer.name=sgd",
+        "optimizer.lr=1000.0", "schedule.name=none", f"output.dir={tmp_path}", "output.name=run",
+        "output.progress=false",
+    ])  # fmt: skip
+    with pytest.raises(NonFiniteError, match="non-finite at step") as caught:
+        job.run(config)
+    doctor = caught.value.doctor
+    assert doctor is not None and "non_finite" in [v.name for v in doctor.verdicts]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["stop_reason"] == "non-finite" and result["error"] == str(caught.value)
+    assert result["doctor"] == json.loads(json.dumps(doctor.to_dict()))

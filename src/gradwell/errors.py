@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable
+from typing import Any
 
 
 class GradwellError(ValueError):
@@ -29,7 +30,13 @@ class CheckpointError(GradwellError):
 
 
 class NonFiniteError(GradwellError):
-    """Training produced a non-finite loss or gradient."""
+    """Training produced a non-finite loss or gradient.
+
+    ``doctor``, when set (``gradwell.job.run`` sets it), is the stability doctor's report on the
+    model as it stood before the step that went non-finite.
+    """
+
+    doctor: Any = None
 
 
 def closest(name: str, valid: Iterable[str]) -> str:

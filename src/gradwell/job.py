@@ -33,7 +33,7 @@ from gradwell import data as datasets
 from gradwell import models, optim
 from gradwell.config import Config, TrainConfig, check_call
 from gradwell.diagnose import Monitor, Report, probe_split
-from gradwell.errors import CheckpointError, ConfigError, unknown_name
+from gradwell.errors import CheckpointError, ConfigError, NonFiniteError, unknown_name
 from gradwell.fold import FoldWarning, fold_batchnorm
 from gradwell.plots import learning_curves
 from gradwell.train import EarlyStopping, distributed, fit
@@ -198,11 +198,16 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
     monitor = Monitor()
     callbacks += [*early_stopping(train), monitor]
     started = time.perf_counter()
-    history = fit(
-        prepared.model, prepared.dataset, optimizer=prepared.optimizer, scheduler=prepared.scheduler,
-        callbacks=callbacks, device=prepared.device, checkpoint_dir=run_dir / "checkpoints", resume=resume,
-        progress=config.output.progress, **fit_options(train),
-    )  # fmt: skip
+    try:
+        history = fit(
+            prepared.model, prepared.dataset, optimizer=prepared.optimizer, scheduler=prepared.scheduler,
+            callbacks=callbacks, device=prepared.device, checkpoint_dir=run_dir / "checkpoints",
+            resume=resume, progress=config.output.progress, **fit_options(train),
+        )  # fmt: skip
+    except NonFiniteError as error:
+        if main:  # a diverging run is where the doctor matters most
+            error.doctor = diagnose_divergence(prepared, monitor, run_dir, error)
+        raise
     seconds = time.perf_counter() - started
     test = prepared.dataset.test
     test_metrics = evaluate(
@@ -220,6 +225,24 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
         )
         (run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def diagnose_divergence(prepared: Prepared, monitor: Monitor, run_dir: Path, error: NonFiniteError) -> Report:
+    """The doctor's report on a run that went non-finite, also written to result.json.
+
+    `fit` leaves the model with the weights from before the bad step, so the probe sees the
+    gradients that were about to blow up, and the Monitor adds the gradient norms seen so far.
+    """
+    train = prepared.config.train
+    doctor = probe_split(prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed)
+    result = {
+        "run_dir": str(run_dir),
+        "stop_reason": "non-finite",
+        "error": str(error),
+        "doctor": doctor.to_dict(),
+    }
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return doctor
 
 
 @dataclass

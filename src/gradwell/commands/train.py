@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from gradwell.commands.output import console, key_value_table, print_json
+from gradwell.commands.output import console, errors, key_value_table, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -63,17 +63,24 @@ def without_nproc(argv: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from gradwell import config as configs
     from gradwell import job
+    from gradwell.errors import NonFiniteError
     from gradwell.train import distributed
 
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:
         return distributed.launch(without_nproc(args.argv), args.nproc)
     distributed.init_from_environment()
 
-    if args.resume is not None:
-        run_dir = Path(args.resume)
-        result = job.run(configs.load(run_dir / "config.toml", args.set), run_dir=run_dir, resume=True)
-    else:
-        result = job.run(configs.load(args.config, args.set))
+    try:
+        if args.resume is not None:
+            run_dir = Path(args.resume)
+            result = job.run(configs.load(run_dir / "config.toml", args.set), run_dir=run_dir, resume=True)
+        else:
+            result = job.run(configs.load(args.config, args.set))
+    except NonFiniteError as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        if error.doctor is not None:
+            console.print(error.doctor.summary())
+        return 1
     if not distributed.is_main():
         return 0
     if args.json:
