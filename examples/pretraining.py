@@ -16,12 +16,16 @@ accuracy of each, over many seeds, with mean, std, a 95% confidence interval and
 difference against scratch:
 
     python examples/pretraining.py --seeds 10
+
+The epoch counts are options too (--pretrain-epochs, --frozen-epochs, --epochs), so that a test can
+run the whole script in seconds; their defaults are the experiment above.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -36,8 +40,7 @@ from gradwell.train import evaluate
 from gradwell.transfer import fine_tune, reuse
 
 HIDDEN = [128, 64]
-PRETRAIN_EPOCHS = 20
-FROZEN_EPOCHS, EPOCHS, HEAD_LR, LR = 10, 90, 0.01, 0.003
+METHODS = ["scratch", "autoencoder", "rbm", "masked", "pairs"]
 
 
 def encoder(seed: int) -> torch.nn.Sequential:
@@ -45,72 +48,71 @@ def encoder(seed: int) -> torch.nn.Sequential:
     return models.mlp(64, 10, HIDDEN, activation="elu", generator=torch.Generator().manual_seed(seed))[:-1]
 
 
-def pretrained(method: str, unlabeled: torch.Tensor, seed: int) -> torch.nn.Sequential:
+def pretrained(method: str, unlabeled: torch.Tensor, seed: int, epochs: int) -> torch.nn.Sequential:
     if method == "scratch":
         return encoder(seed)
     if method == "autoencoder":
-        return autoencoder(encoder(seed), unlabeled, epochs=PRETRAIN_EPOCHS, seed=seed)
+        return autoencoder(encoder(seed), unlabeled, epochs=epochs, seed=seed)
     if method == "rbm":
-        return greedy_layerwise(HIDDEN, unlabeled, kind="rbm", epochs_per_layer=PRETRAIN_EPOCHS, seed=seed)
-    return auxiliary(encoder(seed), unlabeled, task=method, epochs=PRETRAIN_EPOCHS, seed=seed)
+        return greedy_layerwise(HIDDEN, unlabeled, kind="rbm", epochs_per_layer=epochs, seed=seed)
+    return auxiliary(encoder(seed), unlabeled, task=method, epochs=epochs, seed=seed)
 
 
-def accuracy(method: str, dataset: data.Dataset, labeled: data.Dataset, seed: int) -> float:
-    model = reuse(pretrained(method, dataset.train.x, seed), drop_top=0, head=10)
-    if method == "scratch":
-        fine_tune(
-            model,
-            labeled,
-            frozen_epochs=0,
-            epochs=FROZEN_EPOCHS + EPOCHS,
-            lr=LR,
-            lr_after_unfreeze=LR,
-            seed=seed,
-        )
+def accuracy(
+    method: str, dataset: data.Dataset, labeled: data.Dataset, seed: int, args: argparse.Namespace
+) -> float:
+    model = reuse(pretrained(method, dataset.train.x, seed, args.pretrain_epochs), drop_top=0, head=10)
+    if method == "scratch":  # the same epochs, every one training everything
+        frozen, epochs, lr = 0, args.frozen_epochs + args.epochs, args.lr
     else:
-        fine_tune(
-            model,
-            labeled,
-            frozen_epochs=FROZEN_EPOCHS,
-            epochs=EPOCHS,
-            lr=HEAD_LR,
-            lr_after_unfreeze=LR,
-            seed=seed,
-        )
+        frozen, epochs, lr = args.frozen_epochs, args.epochs, args.head_lr
+    fine_tune(
+        model, labeled, frozen_epochs=frozen, epochs=epochs, lr=lr, lr_after_unfreeze=args.lr, seed=seed
+    )
     return evaluate(model, dataset.test.x, dataset.test.y)["accuracy"]
 
 
-def main() -> None:
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--labels", type=int, default=100, help="labeled training examples per seed")
-    args = parser.parse_args()
+    parser.add_argument("--pretrain-epochs", type=int, default=20, help="per method (per layer for rbm)")
+    parser.add_argument("--frozen-epochs", type=int, default=10, help="the new head alone, at --head-lr")
+    parser.add_argument("--epochs", type=int, default=90, help="everything trained, at --lr")
+    parser.add_argument("--head-lr", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=0.003)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
+    """Run the experiment, print its table and return each method's test accuracy, seed by seed."""
+    args = parse(argv)
     torch.set_num_threads(1)  # networks this small run fastest on one thread, and leave the other cores free
     console = Console()
     dataset = data.load("digits")
-    methods = ["scratch", "autoencoder", "rbm", "masked", "pairs"]
-    results: dict[str, list[float]] = {method: [] for method in methods}
+    results: dict[str, list[float]] = {method: [] for method in METHODS}
     started = time.perf_counter()
     for seed in range(args.seeds):
         chosen = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))[
             : args.labels
         ]
         labeled = replace(dataset, train=Split(*dataset.train[chosen]))
-        for method in methods:
-            results[method].append(accuracy(method, dataset, labeled, seed))
-        console.print(f"seed {seed}: " + ", ".join(f"{m} {100 * results[m][-1]:.1f}" for m in methods))
+        for method in METHODS:
+            results[method].append(accuracy(method, dataset, labeled, seed, args))
+        console.print(f"seed {seed}: " + ", ".join(f"{m} {100 * results[m][-1]:.1f}" for m in METHODS))
     table = Table(
         "method", "mean", "std", "95% CI", "vs scratch (paired)",
         title=f"digits, {args.labels} labels, {args.seeds} seeds: test accuracy (%)",
         caption=f"{time.perf_counter() - started:.0f} s",
     )  # fmt: skip
-    for method in methods:
+    for method in METHODS:
         stats = summarize(results[method])
         gap = summarize([a - b for a, b in zip(results[method], results["scratch"], strict=True)])
         table.add_row(
             method, f"{100 * stats.mean:.2f}", *spread(stats), "" if method == "scratch" else show(gap)
         )
     console.print(table)
+    return results
 
 
 def spread(stats: Summary) -> tuple[str, str]:

@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +130,21 @@ def test_fold_a_trained_run_then_refuse_a_folder_that_is_not_one(tmp_path, tiny_
     assert refused.returncode == 2  # rich wraps the message to the terminal's width
     assert "is not a run folder of gradwell train" in " ".join(refused.stderr.split())
     assert "Traceback" not in refused.stderr
+
+
+def test_ctrl_c_stops_train_with_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_config):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "gradwell", "train", str(tiny_config), "--set", "train.epochs=1000"]
+    process = subprocess.Popen(
+        [*command, "--set", "output.name=cut"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
+    started = time.monotonic()
+    while not (checkpoints.is_dir() and any(checkpoints.glob("*.safetensors"))):
+        assert process.poll() is None and time.monotonic() - started < 60
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    err = " ".join(err.split())  # rich wraps to the terminal's width
+    assert process.returncode == 130 and "interrupted after step" in err
+    assert f"go on with: gradwell train --resume {Path('runs') / 'cut'}" in err

@@ -222,6 +222,98 @@ def test_each_verdict_fires_on_its_model_and_not_on_healthy_ones(reports, model,
     assert names(reports["healthy_selu"]) == ["healthy"]
 
 
+def clipped_net(activation, generator, x, dead=(), scale=1.0):
+    """Linear(64, 16) -> `activation` -> Linear(16, 10), N(0, scale^2) first weights; the `dead`
+    units' pre-activations are -1 for every sample. Returns the model and its pre-activations."""
+    model = nn.Sequential(nn.Linear(64, 16), activation, nn.Linear(16, 10))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(16, 64, generator=generator) * scale)
+        model[0].bias.copy_(torch.randn(16, generator=generator) * scale)
+        model[0].weight[list(dead)] = 0.0
+        model[0].bias[list(dead)] = -1.0
+    w, b = (p.detach().double().numpy() for p in (model[0].weight, model[0].bias))
+    z = x.double().numpy() @ w.T + b
+    return model, z
+
+
+def test_relu6_units_die_like_relu_units(generator, batch):
+    x, y = batch
+    dead = sorted(torch.randperm(16, generator=generator)[:12].tolist())
+    model, z = clipped_net(nn.ReLU6(), generator, x, dead, scale=64**-0.5)
+    report = probe(model, x, y)
+    h = np.clip(z, 0, 6)  # the reference ReLU6
+    expected = (h == 0).all(axis=0).mean()
+    assert expected == 0.75
+    assert [(layer.name, layer.kind) for layer in report.layers] == [("1", "relu"), ("2", "linear")]
+    assert report.layers[0].stats["dead"] == expected
+    (verdict,) = [v for v in report.verdicts if v.name == "dead_units"]
+    assert verdict.layers == ["1"] and verdict.evidence["dead"] == {"1": expected}
+    alive, _ = clipped_net(nn.ReLU6(), generator, x, scale=64**-0.5)
+    assert "dead_units" not in names(probe(alive, x, y))
+
+
+@pytest.mark.parametrize(
+    ("activation", "kind", "reference", "bounds"),
+    [
+        (nn.Hardtanh(), "tanh", lambda z: np.clip(z, -1, 1), (-1, 1)),
+        (nn.Hardsigmoid(), "sigmoid", lambda z: np.clip(z / 6 + 0.5, 0, 1), (0, 1)),
+    ],
+)
+def test_hard_bounded_units_saturate_like_smooth_ones(generator, batch, activation, kind, reference, bounds):
+    x, y = batch
+    model, z = clipped_net(activation, generator, x)  # N(0, 1) weights: |z| ~ 7, mostly past the bounds
+    report = probe(model, x, y)
+    h = reference(z)
+    expected = ((h < bounds[0] + 0.01) | (h > bounds[1] - 0.01)).mean()
+    assert expected > 0.25
+    assert report.layers[0].kind == kind
+    assert report.layers[0].stats["saturated"] == pytest.approx(expected, abs=1e-3)
+    (verdict,) = [v for v in report.verdicts if v.name == "saturation"]
+    assert verdict.layers == ["1"] and verdict.evidence["saturated"]["1"] == pytest.approx(expected, abs=1e-3)
+    calm, _ = clipped_net(activation, generator, x, scale=0.1 * 64**-0.5)
+    control = probe(calm, x, y)
+    assert control.layers[0].stats["saturated"] < Thresholds().saturated
+    assert "saturation" not in names(control)
+
+
+def test_a_hardtanh_is_measured_by_its_bounds():
+    kinds = {
+        nn.Hardtanh(0.0, 1.0): "sigmoid",
+        nn.Hardtanh(0.0, 20.0): "relu",  # a clipped ReLU, as ReLU6 is
+        nn.Hardtanh(-2.0, 2.0): "other",  # measured, but no statistic knows its bounds
+    }
+    for activation, kind in kinds.items():
+        model = nn.Sequential(nn.Linear(4, 5), activation, nn.Linear(5, 2))
+        assert [layer.kind for layer in find_layers(model)] == [kind, "linear"]
+    built = models.mlp(64, 10, depth=2, width=8, activation=nn.ReLU6(), init="he_normal")
+    assert [layer.kind for layer in find_layers(built)] == ["relu", "relu", "linear"]
+
+
+def test_uneven_learning_on_a_rescaled_network_that_computes_the_same_function(batch):
+    # ReLU is positively homogeneous: hidden2 scaled by c and hidden3 by 1/c compute the same
+    # function, but ||grad W|| / ||W|| (plain SGD's update ratio) becomes s2 / c^2 and s3 c^2
+    x, y = batch
+    control, rescaled, c = mlp(depth=3, width=32), mlp(depth=3, width=32), 10.0
+    with torch.no_grad():
+        rescaled.hidden2.linear.weight.mul_(c)
+        rescaled.hidden2.linear.bias.mul_(c)
+        rescaled.hidden3.linear.weight.div_(c)
+        assert rel_error(rescaled(x), control(x)) < 1e-5
+    before, after = probe(control, x, y), probe(rescaled, x, y)
+    assert names(before) == ["healthy"]
+    assert names(after) == ["uneven_learning"]
+    speeds = {
+        layer.name: layer.stats["weight_grad_norm"] / layer.stats["weight_norm"] for layer in before.layers
+    }
+    expected = {**speeds, "hidden2": speeds["hidden2"] / c**2, "hidden3": speeds["hidden3"] * c**2}
+    evidence = after.verdicts[0].evidence
+    assert evidence["measure"] == "relative_gradient"
+    assert evidence["per_layer"].keys() == expected.keys()
+    assert rel_error(list(evidence["per_layer"].values()), list(expected.values())) < 1e-4
+    assert (evidence["slowest"], evidence["fastest"]) == ("hidden2", "hidden3")
+    assert rel_error(evidence["spread"], expected["hidden3"] / expected["hidden2"]) < 1e-4
+
+
 def test_fixes_are_concrete_for_the_model(reports):
     (saturation,) = [v for v in reports["saturation"].verdicts if v.name == "saturation"]
     assert (
@@ -461,6 +553,56 @@ def test_monitor_diagnoses_a_diverging_run():
     assert f"lower the learning rate (it was 20 at step {first})" in verdict.fixes
 
 
+class LossSpike(Callback):
+    """Multiplies the loss, and so every gradient, by `factor` on one step: a batch gone wrong."""
+
+    def __init__(self, step, factor):
+        self.step, self.factor, self.scale = step, factor, 1.0
+
+    def on_step_begin(self, run):
+        self.scale = self.factor if run.step == self.step else 1.0
+
+    def on_step_end(self, run, loss):
+        self.scale = 1.0
+
+    def loss(self, logits, targets):
+        return F.cross_entropy(logits, targets) * self.scale
+
+
+def test_monitor_diagnoses_a_global_gradient_norm_spike():
+    def run(factor):
+        spike, monitor = LossSpike(6, factor), Monitor(every=1)
+        model = mlp(depth=3, width=32, activation="relu")
+        # clipped, so that the spike's update stays small; the Monitor sees the norm before clipping
+        optimizer = optim.create("sgd", model.parameters(), lr=0.05, global_clipnorm=1.0)
+        fit(
+            model,
+            digits(),
+            optimizer=optimizer,
+            epochs=1,
+            batch_size=128,  # 11 steps
+            loss=spike.loss,
+            callbacks=[spike, monitor],
+            progress=False,
+        )
+        return monitor.report()
+
+    calm, spiked = run(1.0), run(1e3)
+    norms, spiked_norms = calm.history.grad_norm, spiked.history.grad_norm
+    assert spiked_norms[:6] == norms[:6] and rel_error(spiked_norms[6], 1e3 * norms[6]) < 1e-5
+    assert names(calm) == ["healthy"] and max(norms) / np.median(norms) < Thresholds().spike_ratio
+    assert names(spiked) == ["exploding_gradients"]
+    verdict, ratio = spiked.verdicts[0], max(spiked_norms) / np.median(spiked_norms)
+    assert ratio > Thresholds().spike_ratio
+    assert verdict.evidence["spike_ratio"] == pytest.approx(ratio)
+    assert verdict.evidence["gradient_ratio"] < Thresholds().exploding_ratio  # the spike alone fired
+    assert verdict.summary == f"the global gradient norm spiked to {ratio:.3g}x its median during training"
+    clip = np.percentile(spiked_norms, 90)
+    assert f"clip with global_clipnorm={clip:.3g} (the 90th percentile of the 11 gradient norms seen)" in (
+        verdict.fixes
+    )
+
+
 # JSON, plots, scenarios, command line
 
 LAYER_KEYS = {"name", "kind", *STATS}
@@ -590,7 +732,7 @@ def test_train_prints_and_saves_the_doctors_summary(tmp_path, capsys):
     assert "stability doctor" in capsys.readouterr().out
     result = json.loads((tmp_path / "runs" / "t" / "result.json").read_text())
     check_schema(result["doctor"])
-    assert result["doctor"]["history"]["steps"] == [0]  # 42 steps, Monitor every 100
+    assert result["doctor"]["history"]["steps"] == [0]  # 42 steps, Monitor every 200
 
 
 def test_diagnose_config_at_initialization():

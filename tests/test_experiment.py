@@ -1,15 +1,17 @@
 """The experiment runner and its report: every run recorded, the batched path equal to the single one."""
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
 from gradwell import config as configs
 from gradwell.errors import GradwellError
-from gradwell.experiment import Results, RunRecord, run, write_report
+from gradwell.experiment import Results, RunRecord, run, runner, write_report
 from gradwell.experiment.runner import execute, labelled, make_tasks, metric_value, seed_chunks, train_single
 
 TINY = {
@@ -110,10 +112,32 @@ def test_labels_come_from_names_stems_and_functions(tmp_path):
         labelled([42])
 
 
-def test_a_dead_worker_task_still_returns_its_runs():
+def test_a_task_that_fails_in_its_worker_still_returns_its_runs():
     tasks, _ = make_tasks({"a": tiny(data={"name": "nope"})}, (0, 1), 1, None)
     records = [r for task in tasks for r in execute(task)]
     assert [r.status for r in records] == ["failed", "failed"] and "nope" in records[0].error
+
+
+def dies_on_seed_one(seed):
+    if seed == 1:
+        os._exit(1)  # as the out-of-memory killer would end it: no exception, no clean-up
+    return {"test": {"accuracy": 0.5 + seed / 100}}
+
+
+def test_a_worker_that_dies_fails_its_own_run_and_no_other(monkeypatch):
+    fork = multiprocessing.get_context("fork")  # spawn would import torch afresh in every worker
+    monkeypatch.setattr(runner, "pool", lambda workers: ProcessPoolExecutor(workers, mp_context=fork))
+    results = run({"a": dies_on_seed_one}, seeds=[0, 1, 2, 3], workers=2)
+    assert {r.seed: r.status for r in results.records} == {0: "ok", 1: "failed", 2: "ok", 3: "ok"}
+    assert "BrokenProcessPool" in next(r.error for r in results.records if r.seed == 1)
+
+
+def test_the_batched_path_leaves_what_it_cannot_honour_to_the_single_path():
+    skip = tiny(optimizer={"name": "sgd", "lr": 1e6}, train={"epochs": 1, "on_nonfinite": "skip"})
+    results = run({"skip": skip}, seeds=[0, 1], workers=0)
+    assert results.paths["skip"].startswith("single") and all(r.ok for r in results.records)
+    mse = run({"mse": tiny(train={"epochs": 1, "loss": "mse"})}, seeds=[0, 1], workers=0)
+    assert all("DataError" in r.error for r in mse.records)
 
 
 def test_the_report_holds_every_run_and_the_pairs(tmp_path):

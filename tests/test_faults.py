@@ -319,3 +319,22 @@ def test_a_diverging_job_writes_the_doctors_reading_and_keeps_it_on_the_error(tm
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["stop_reason"] == "non-finite" and result["error"] == str(caught.value)
     assert result["doctor"] == json.loads(json.dumps(doctor.to_dict()))
+
+
+def test_resuming_with_a_config_that_does_not_fit_the_checkpoint_keeps_the_run_resumable(tmp_path):
+    from gradwell import config as configs
+    from gradwell import job
+
+    base = ["data.name=digits", "model.depth=2", "model.width=16", "train.epochs=1", "output.progress=false"]
+    first = job.run(configs.load(None, [*base, f"output.dir={tmp_path}", "output.name=run"]))
+    saved = (first.run_dir / "config.toml").read_text()
+    wider = configs.load(first.run_dir / "config.toml", ["model.width=32"])
+    with pytest.raises(
+        CheckpointError, match=r"does not match this model's architecture: hidden1\.linear\.weight"
+    ):
+        job.run(wider, run_dir=first.run_dir, resume=True)
+    assert (first.run_dir / "config.toml").read_text() == saved
+    more = job.run(
+        configs.load(first.run_dir / "config.toml", ["train.epochs=2"]), first.run_dir, resume=True
+    )
+    assert len(more.epochs) == 2

@@ -400,3 +400,17 @@ def test_summary_of_a_lazy_model_needs_an_example():
     with pytest.raises(GradwellError, match="example"):
         summary(model)
     assert summary(model, (5,)).trainable == 5 * 7 + 7
+
+
+def test_fit_warns_once_that_penalties_break_self_normalization():
+    from gradwell import optim
+    from gradwell.data import Dataset, Split
+    from gradwell.train import fit
+
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    data = Dataset(Split(x, y), Split(x[:8], y[:8]), Split(x[:8], y[:8]), 3, "random")
+    model = mlp(6, 3, [8, 8], activation="selu", dropout=0.1)
+    with pytest.warns(SelfNormalizationWarning) as caught:
+        fit(model, data, optimizer=optim.create("sgd", model.parameters()), epochs=1, l2=1e-3, progress=False)
+    messages = [str(w.message) for w in caught if w.category is SelfNormalizationWarning]
+    assert len(messages) == 1 and messages[0].startswith("l1=0, l2=0.001: weight penalties break SELU's")

@@ -22,7 +22,7 @@ from gradwell.pretrain import (
     free_energy,
     greedy_layerwise,
 )
-from gradwell.pretrain.auxiliary import masked_loss, random_shift
+from gradwell.pretrain.auxiliary import PairDiscrimination, masked_loss, random_shift
 from gradwell.pretrain.rbm import hidden_probabilities, sample_h_given_v, sample_v_given_h, visible_mean
 from gradwell.train import Callback
 from gradwell.transfer import reuse
@@ -172,6 +172,33 @@ def test_rbm_layer_computes_the_hidden_probabilities(generator):
     layer = rbm.as_layer()
     assert rel_error(layer(x), rbm.transform(x)) < 1e-6 and torch.equal(rbm(x), rbm.transform(x))
     assert layer.linear.weight is not rbm.weight
+
+
+def test_building_layers_leaves_the_global_rng_alone_and_the_results_unchanged(generator):
+    x = binary_patterns(generator, n=64)
+    rbm = RBM(16, 5, generator=generator).fit(x, epochs=1)
+    built = {}
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        rng = torch.get_rng_state()
+        layer = rbm.as_layer()
+        stacks = [
+            greedy_layerwise([6, 3], x, kind=kind, epochs_per_layer=1, batch_size=16, seed=4)
+            for kind in ("rbm", "autoencoder")
+        ]
+        assert torch.equal(torch.get_rng_state(), rng)
+        built[global_seed] = [layer, *stacks]
+    assert torch.equal(layer.linear.weight, rbm.weight) and torch.equal(layer.linear.bias, rbm.hidden_bias)
+    for ours, other in zip(built[0], built[1], strict=True):  # nothing hangs on the global RNG
+        assert all(torch.equal(v, other.state_dict()[k]) for k, v in ours.state_dict().items())
+    # the autoencoder's first layer as built before: torch's Linear, its default init overwritten
+    act = nn.Sigmoid()
+    linear = models.initialize(
+        nn.Linear(16, 6), recommended_initializer(act), torch.Generator().manual_seed(5)
+    )
+    expected = autoencoder(nn.Sequential(linear, act), x, epochs=1, lr=1e-3, batch_size=16, seed=5)
+    assert torch.equal(stacks[1].hidden1.linear.weight, expected[0].weight)
+    assert torch.equal(stacks[1].hidden1.linear.bias, expected[0].bias)
 
 
 @pytest.mark.parametrize(
@@ -358,6 +385,18 @@ def test_random_shift_rolls_each_sample_by_its_own_shift(generator):
     for row, out in zip(x, shifted, strict=True):
         assert any(torch.equal(row.roll(s, -1), out) for s in range(-3, 4))
     assert len({int((row.roll(1, -1) == out).all()) for row, out in zip(x, shifted, strict=True)}) == 2
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_pairs_are_labeled_same_exactly_when_they_come_from_one_input(generator, n):
+    # identical views and a head reading -sum |z1 - z2|: logit 0 for one input, below 0 for two
+    model = PairDiscrimination(nn.Identity(), 3, 0.0, 0.0, 0, generator)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[-1.0, -1.0, -1.0, 0.0, 0.0, 0.0]]))
+        model.head.bias.zero_()
+    logits, labels = model(torch.randn(n, 3, generator=generator))
+    assert torch.equal(labels == 1, logits == 0)
+    assert int(labels.sum()) == n and len(labels) == (1 if n == 1 else 2 * n)
 
 
 @pytest.mark.parametrize("task", ["masked", "pairs"])

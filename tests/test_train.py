@@ -258,6 +258,27 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog)
     state = ckpt.latest(tmp_path)
     assert state["epoch"] == 2
     assert "step-000000024.safetensors is corrupted" in caplog.text
+    # set aside, so that the checkpoints of the resumed run are the ones pruning keeps
+    assert (tmp_path / "step-000000024.safetensors.corrupt").read_bytes() == bytes(payload)
+    assert ckpt.saved_steps(tmp_path) == [16]
+    train(blobs(), epochs=4, checkpoint_dir=tmp_path, resume=True)
+    assert ckpt.saved_steps(tmp_path) == [32, 24] and ckpt.latest(tmp_path)["epoch"] == 4
+
+
+def test_a_changed_step_or_history_in_the_metadata_is_detected(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    train(blobs(), epochs=2, checkpoint_dir=tmp_path)
+    path = ckpt.checkpoint_path(tmp_path, 16)
+    with safe_open(path, "pt") as file:
+        metadata = file.metadata()
+        tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
+    assert '"step", 16' in metadata["state"]
+    metadata["state"] = metadata["state"].replace('"step", 16', '"step", 96')
+    save_file(tensors, path, metadata=metadata)  # the same tensors and checksum, another step
+    with pytest.raises(CheckpointError, match="corrupted"):
+        ckpt.load(path)
 
 
 def test_a_truncated_or_foreign_file_is_refused(tmp_path):

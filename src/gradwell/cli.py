@@ -38,13 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         handlers=[RichHandler(console=errors, show_time=False, show_path=False)],
     )
+    logging.captureWarnings(True)  # a library warning reads like any other message, not as source lines
     try:
         return args.handler(args)
     except GradwellError as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False)
         return 2
-    except KeyboardInterrupt:
-        errors.print("interrupted")
+    except KeyboardInterrupt as interrupt:  # gradwell.train.guard.Interrupted says where it saved
+        errors.print(str(interrupt) or "interrupted", highlight=False)
         return 130
 
 

@@ -36,10 +36,10 @@ from gradwell.diagnose import Monitor, Report, probe_split
 from gradwell.errors import CheckpointError, ConfigError, NonFiniteError, unknown_name
 from gradwell.fold import FoldWarning, fold_batchnorm
 from gradwell.plots import learning_curves
-from gradwell.train import EarlyStopping, distributed, fit
+from gradwell.train import EarlyStopping, checkpoint, distributed, fit
 from gradwell.train.callbacks import MetricsLogger
 from gradwell.train.checkpoint import load_weights, read_metadata, read_weights, write_atomically
-from gradwell.train.loop import check_data_fits_model, check_run_arguments, evaluate
+from gradwell.train.loop import check_data_fits_model, check_fit_arguments, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(
             f"train.device = {name!r} is not a device; valid: auto, cpu, cuda, cuda:N"
         ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(
+            f"train.device = {name!r}: gradwell trains on cpu or cuda; valid: auto, cpu, cuda, cuda:N"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r}, but CUDA is not available here; use 'auto' or 'cpu'")
     return device
@@ -161,7 +165,11 @@ def early_stopping(train: TrainConfig) -> list[EarlyStopping]:
 def prepare(config: Config) -> Prepared:
     """Load the data and build model, optimizer and schedule; every config error surfaces here."""
     train = config.train
-    check_run_arguments(train.epochs, train.batch_size, checkpoint_dir=None, resume=False)
+    check_fit_arguments(
+        train.epochs, train.batch_size, loss=train.loss, l1=train.l1, l2=train.l2, max_norm=train.max_norm,
+        precision=train.precision, on_nonfinite=train.on_nonfinite,
+    )  # fmt: skip
+    early_stopping(train)  # its patience, checked now
     device = resolve_device(train.device)
     dataset = load_data(config)
     model = build_model(config, dataset).to(device)
@@ -169,9 +177,6 @@ def prepare(config: Config) -> Prepared:
     optimizer = build_optimizer(config, model)
     steps = train.epochs * -(-len(dataset.train) // train.batch_size)
     scheduler = build_schedule(config, optimizer, steps)
-    warnings = models.check_self_normalizing(model, l1=train.l1, l2=train.l2)
-    for warning in warnings:
-        log.warning("%s", warning)
     return Prepared(config, dataset, model, optimizer, scheduler, device)
 
 
@@ -190,6 +195,10 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
     prepared = prepare(config)
     main = distributed.is_main()
     run_dir = Path(distributed.broadcast(str(run_dir or new_run_dir(config))))
+    if (
+        resume
+    ):  # before config.toml is rewritten: a config that does not fit must not replace the one that did
+        check_resumable(prepared.model, run_dir)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
@@ -225,6 +234,13 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
         )
         (run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def check_resumable(model: nn.Module, run_dir: Path) -> None:
+    """CheckpointError if the newest good checkpoint in `run_dir` does not fit `model`."""
+    saved = checkpoint.latest(run_dir / "checkpoints")
+    if saved is not None:
+        checkpoint.check_weights(model, saved["model"], source=f"checkpoint in {run_dir / 'checkpoints'}")
 
 
 def diagnose_divergence(prepared: Prepared, monitor: Monitor, run_dir: Path, error: NonFiniteError) -> Report:

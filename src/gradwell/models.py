@@ -237,6 +237,12 @@ def warn_if_not_self_normalizing(model: nn.Module, init: str | Initializer) -> N
         warnings.warn(problem, SelfNormalizationWarning, stacklevel=3)
 
 
+def warn_if_penalties_break_self_normalization(model: nn.Module, l1: float, l2: float) -> None:
+    """What l1/l2 add to a SELU model's problems (the builder warned about the model's own)."""
+    for problem in set(check_self_normalizing(model, l1=l1, l2=l2)) - set(check_self_normalizing(model)):
+        warnings.warn(problem, SelfNormalizationWarning, stacklevel=3)
+
+
 def output_layer(in_features: int, out_features: int, init: str | Initializer, generator: Generator | None):
     """The logits layer: Glorot uniform (the chapter's table for none/softmax) unless init="torch"."""
     layer = nn.utils.skip_init(nn.Linear, in_features, positive_int("out_features", out_features))

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from gradwell import job
     from gradwell.errors import NonFiniteError
     from gradwell.train import distributed
+    from gradwell.train.guard import Interrupted
 
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:
         return distributed.launch(without_nproc(args.argv), args.nproc)
@@ -81,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
         if error.doctor is not None:
             console.print(error.doctor.summary())
         return 1
+    except Interrupted as interrupt:
+        errors.print(str(interrupt), highlight=False)
+        if interrupt.checkpoint is not None:
+            errors.print(f"go on with: gradwell train --resume {Path(interrupt.checkpoint).parent.parent}")
+        return 130
     if not distributed.is_main():
         return 0
     if args.json:

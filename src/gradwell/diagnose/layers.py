@@ -10,6 +10,12 @@ the last activation form a final "linear" layer measured at the last weight modu
 model without activation modules (activations called as functions in ``forward``) is measured at
 each Linear or Conv output. A module called several times in one pass is measured at its first
 call.
+
+torch's hard (piecewise linear) units are measured as the smooth unit with the same bounds, so
+that the statistics that matter for them apply: Hardsigmoid and Hardtanh(0, 1) as sigmoid
+(saturated near 0 or 1), Hardtanh(-1, 1) as tanh (saturated near -1 or 1), ReLU6 and any
+Hardtanh(0, b) as ReLU (dead units: exactly 0 below the lower bound, no gradient). A Hardtanh with
+other bounds is an "other" layer: measured, but neither its saturation nor dead units are.
 """
 
 from __future__ import annotations
@@ -41,10 +47,24 @@ class Layer:
     weights: tuple[nn.Parameter, ...]
 
 
+# (min_val, max_val) of a Hardtanh to the smooth unit with the same bounds (stats.SATURATION)
+CLIPPED = {(0.0, 1.0): "sigmoid", (-1.0, 1.0): "tanh"}
+
+
+def clipped_kind(module: nn.Hardtanh) -> str:
+    """The kind a Hardtanh (ReLU6 is one) is measured as; see the module docstring."""
+    bounds = (float(module.min_val), float(module.max_val))
+    return CLIPPED.get(bounds, "relu" if bounds[0] == 0.0 else "other")
+
+
 def kind_of(module: nn.Module) -> str | None:
     """The canonical activation name of an activation module, None for any other module."""
     if isinstance(module, nn.Identity):
         return None
+    if isinstance(module, nn.Hardsigmoid):
+        return "sigmoid"
+    if isinstance(module, nn.Hardtanh):
+        return clipped_kind(module)
     try:
         return activation_name(module)
     except GradwellError:
@@ -53,10 +73,9 @@ def kind_of(module: nn.Module) -> str | None:
 
 def block_kind(activation: nn.Module) -> str:
     """A builder block's activation name: "linear" for its nn.Identity, "other" if unknown."""
-    try:
-        return activation_name(activation)
-    except GradwellError:
-        return "other"
+    if isinstance(activation, nn.Identity):
+        return "linear"
+    return kind_of(activation) or "other"
 
 
 def find_layers(model: nn.Module) -> list[Layer]:

@@ -11,8 +11,8 @@ Thresholds, and why:
   (2%) of the largest gradient the unit can pass (0.25 at y = 0.5; 1 at y = 0), the flat tails
   that Glorot and Bengio (2010) saw the top sigmoid layer stuck in.
 - dead: a ReLU unit (a feature; a channel for a convolution) that is exactly 0 for every sample of
-  the batch, so no gradient reaches its weights. Only plain ReLU can die: leaky units, ELU, SELU,
-  GELU and Swish pass gradient for negative inputs.
+  the batch, so no gradient reaches its weights. Only ReLU and its clipped forms (ReLU6) can die:
+  leaky units, ELU, SELU, GELU and Swish pass gradient for negative inputs.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from gradwell.errors import GradwellError
 from gradwell.experiment.batched import fit_seeds, stack_problem, too_large_to_pay
 from gradwell.train import fit
 from gradwell.train.callbacks import Callback
+from gradwell.train.loop import check_data_fits_model
 from gradwell.train.loop import evaluate as evaluate_model
 
 log = logging.getLogger(__name__)
@@ -214,6 +216,10 @@ def config_problem(config: Config) -> str | None:
         return "the 'performance' schedule follows each seed's validation loss"
     if config.train.early_stopping is not None:
         return "early stopping ends each seed at its own epoch"
+    if config.train.on_nonfinite != "stop":
+        return "on_nonfinite='skip' skips each seed's bad steps on its own"
+    if config.train.precision != "fp32":
+        return f"precision {config.train.precision!r} (the seed-batched network trains in fp32)"
     return None
 
 
@@ -314,16 +320,45 @@ def init_worker() -> None:
 
 
 def gather(executor: concurrent.futures.Executor, tasks: list[Task]) -> list[RunRecord]:
-    futures = {executor.submit(execute, task): task for task in tasks}
-    records = []
+    """Every task's runs from `executor`.
+
+    A worker process that dies (a crash, the out-of-memory killer) breaks a process pool and
+    every task still in it, and which task killed it is unknown; so each of those tasks runs
+    again in a pool of its own, where only the culprit fails. The others are not lost.
+    """
+    records, orphans = [], []
+    futures = {}
+    for task in tasks:
+        try:
+            futures[executor.submit(execute, task)] = task
+        except BrokenProcessPool:  # broken by an earlier experiment sharing it
+            orphans.append(task)
     for future in concurrent.futures.as_completed(futures):
         task = futures[future]
         try:
             records += future.result()
-        except Exception as error:  # the worker died: its runs are failed, not lost
-            path = "custom" if not isinstance(task.arm, Config) else "batched" if task.batched else "single"
-            records += [failed(task.label, s, path, error) for s in task.seeds]
+        except BrokenProcessPool:
+            orphans.append(task)
+        except Exception as error:
+            records += failed_task(task, error)
+    for task in orphans:
+        records += run_alone(task)
     return records
+
+
+def run_alone(task: Task) -> list[RunRecord]:
+    """A task in a worker process of its own: if that dies too, this task killed it."""
+    with pool(1) as alone:
+        try:
+            return alone.submit(execute, task).result()
+        except Exception as error:
+            return failed_task(task, error)
+
+
+def failed_task(task: Task, error: BaseException) -> list[RunRecord]:
+    """A failed record for each seed of a task whose worker raised or died."""
+    path = "custom" if not isinstance(task.arm, Config) else "batched" if task.batched else "single"
+    return [failed(task.label, s, path, error) for s in task.seeds]
 
 
 def failed(
@@ -429,6 +464,9 @@ def train_batched(task: Task) -> list[RunRecord] | str:
         dataset = dataset_of(config)
         device = job.resolve_device(config.train.device)
         models = [job.build_model(with_seed(config, s), dataset).to(device) for s in seeds]
+        check_data_fits_model(
+            models[0], dataset.train.x.to(device), dataset.train.y.to(device), config.train.loss
+        )
     except Exception as error:
         return [failed(task.label, s, "batched", error) for s in seeds]
     problem = stack_problem(models) or too_large_to_pay(models)

@@ -76,8 +76,10 @@ class PairDiscrimination(nn.Module):
     """Encoder + Linear head telling two views of one input from views of two inputs.
 
     Each batch gives N positive pairs (two views of each input) and N negative pairs (a view of
-    input i with a view of input i + 1, cyclically). Returns (logits, labels), both (2N,). Views
-    are drawn from `generator`, on the inputs' device.
+    input i with a view of input i + 1, cyclically). Returns (logits, labels), both (2N,). A batch
+    of one (the last, partial one) has no other input to pair with: it gives its positive pair
+    alone, (1,), rather than a "different inputs" pair made of the same input. Views are drawn from
+    `generator`, on the inputs' device.
     """
 
     def __init__(
@@ -100,13 +102,14 @@ class PairDiscrimination(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z1, z2 = self.encoder(torch.cat([self.view(x), self.view(x)])).chunk(2)  # (N, width) each
-        others = z2.roll(1, 0)
+        n = len(x) if len(x) > 1 else 0  # negative pairs: a single input has no other to pair with
+        others = z2.roll(1, 0)[:n]  # (n, width)
 
         def logit(a: Tensor, b: Tensor) -> Tensor:
             return self.head(torch.cat([(a - b).abs(), a * b], -1)).squeeze(-1)
 
-        logits = torch.cat([logit(z1, z2), logit(z1, others)])  # (2N,)
-        labels = torch.cat([torch.ones(len(x), device=x.device), torch.zeros(len(x), device=x.device)])
+        logits = torch.cat([logit(z1, z2), logit(z1[:n], others)])  # (N + n,)
+        labels = torch.cat([torch.ones(len(x), device=x.device), torch.zeros(n, device=x.device)])
         return logits, labels
 
 

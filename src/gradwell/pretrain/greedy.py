@@ -56,9 +56,8 @@ def autoencoder_layer(
 ) -> nn.Sequential:
     """A Linear + activation block trained as the encoder of a one-layer autoencoder on `codes`."""
     act = get_activation(activation)
-    linear = initialize(
-        nn.Linear(codes.shape[1], width), recommended_initializer(act), torch.Generator().manual_seed(seed)
-    )
+    linear = nn.utils.skip_init(nn.Linear, codes.shape[1], width)  # the default init would draw globally
+    linear = initialize(linear, recommended_initializer(act), torch.Generator().manual_seed(seed))
     block = nn.Sequential(OrderedDict(linear=linear, activation=act)).to(codes.device)
     return autoencoder(block, codes, epochs=epochs, lr=1e-3 if lr is None else lr, seed=seed, **options)
 

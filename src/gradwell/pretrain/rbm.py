@@ -268,7 +268,9 @@ class RBM(nn.Module):
     def as_layer(self) -> nn.Sequential:
         """A block ``linear`` + ``activation`` (sigmoid) computing p(h | v) with a copy of the weights,
         shaped like gradwell's builder blocks, to stack and fine-tune as a feedforward layer."""
-        linear = nn.Linear(self.n_visible, self.n_hidden, device=self.weight.device, dtype=self.weight.dtype)
+        linear = nn.utils.skip_init(  # no default init: it would draw from the global RNG
+            nn.Linear, self.n_visible, self.n_hidden, device=self.weight.device, dtype=self.weight.dtype
+        )
         with torch.no_grad():
             linear.weight.copy_(self.weight)
             linear.bias.copy_(self.hidden_bias)

@@ -76,9 +76,10 @@ def unflatten_state(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
     return skeleton
 
 
-def tensor_digest(tensors: dict[str, Tensor]) -> str:
-    """sha256 over the names, dtypes, shapes and bytes of the tensors, in name order."""
-    digest = hashlib.sha256()
+def checkpoint_digest(tensors: dict[str, Tensor], state: str) -> str:
+    """sha256 over the state's JSON (step, epoch, history, hyperparameters) and then the names,
+    dtypes, shapes and bytes of the tensors, in name order: a change to either is detected."""
+    digest = hashlib.sha256(state.encode())
     for name in sorted(tensors):
         tensor = tensors[name]
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
@@ -109,7 +110,8 @@ def write_atomically(path: Path, payload: bytes) -> None:
 def save(path: str | Path, state: dict[str, Any]) -> None:
     """Write a state tree to `path` atomically, with its checksum."""
     skeleton, tensors = flatten_state(state)
-    metadata = {"format": FORMAT, "state": json.dumps(skeleton), "sha256": tensor_digest(tensors)}
+    state_json = json.dumps(skeleton)
+    metadata = {"format": FORMAT, "state": state_json, "sha256": checkpoint_digest(tensors, state_json)}
     write_atomically(Path(path), save_safetensors(tensors, metadata=metadata))
 
 
@@ -127,7 +129,7 @@ def load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is damaged or not a safetensors file: {error}") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a gradwell checkpoint (format {metadata.get('format')!r})")
-    if tensor_digest(tensors) != metadata.get("sha256"):
+    if checkpoint_digest(tensors, metadata.get("state", "")) != metadata.get("sha256"):
         raise CheckpointError(f"checkpoint {path} is corrupted: its checksum does not match its contents")
     return unflatten_state(json.loads(metadata["state"]), tensors)
 
@@ -156,14 +158,18 @@ def saved_steps(directory: str | Path) -> list[int]:
 def latest(directory: str | Path) -> dict[str, Any] | None:
     """The newest checkpoint in `directory` that loads cleanly, or None when there is none.
 
-    A damaged newer checkpoint is skipped with a warning naming it; the previous one is used.
+    A damaged newer checkpoint is skipped with a warning naming it, and the previous one is used.
+    The damaged file is renamed ``*.corrupt``, kept for inspection but out of the way: otherwise
+    `prune` would keep it, as one of the newest, and delete the good checkpoints written after it.
     """
     for step in saved_steps(directory):
         path = checkpoint_path(directory, step)
         try:
             return load(path)
         except CheckpointError as error:
-            log.warning("%s; falling back to the previous checkpoint", error)
+            aside = path.with_name(path.name + ".corrupt")
+            path.replace(aside)
+            log.warning("%s; moved it to %s and fell back to the previous checkpoint", error, aside.name)
     return None
 
 
@@ -207,6 +213,12 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
 
 def load_weights(model: nn.Module, weights: dict[str, Tensor], source: str = "checkpoint") -> None:
     """Load `weights` into `model` strictly, naming every missing, unexpected or misshapen tensor."""
+    check_weights(model, weights, source)
+    model.load_state_dict(weights)
+
+
+def check_weights(model: nn.Module, weights: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """CheckpointError naming every missing, unexpected or misshapen tensor, if `weights` do not fit."""
     expected = model.state_dict()
     problems = [f"missing {name}" for name in expected if name not in weights]
     problems += [f"unexpected {name}" for name in weights if name not in expected]
@@ -218,4 +230,3 @@ def load_weights(model: nn.Module, weights: dict[str, Tensor], source: str = "ch
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise CheckpointError(f"the {source} does not match this model's architecture: {shown}")
-    model.load_state_dict(weights)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from gradwell.errors import ConfigError, DataError, NonFiniteError, unknown_name
+from gradwell.errors import ConfigError, DataError, NonFiniteError, check_finite, unknown_name
+from gradwell.models import warn_if_penalties_break_self_normalization
 from gradwell.train import distributed, state
 from gradwell.train.callbacks import Callback
 from gradwell.train.fastpath import (
@@ -35,7 +36,7 @@ from gradwell.train.fastpath import (
 )
 from gradwell.train.fused import FusedStep, why_not_fused
 from gradwell.train.guard import Interrupted, explain_nonfinite, stop_on_sigint
-from gradwell.train.step import Metrics, make_step
+from gradwell.train.step import NONFINITE, PRECISIONS, Metrics, make_step
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +201,17 @@ def fit(
     the model cannot take, and runs that diverge; `gradwell.train.guard.Interrupted` (a
     KeyboardInterrupt) on Ctrl-C, after writing the checkpoint.
     """
-    check_run_arguments(epochs, batch_size, checkpoint_dir, resume)
+    check_fit_arguments(
+        epochs, batch_size, checkpoint_dir=checkpoint_dir, resume=resume, loss=loss, l1=l1, l2=l2,
+        max_norm=max_norm, precision=precision, on_nonfinite=on_nonfinite,
+    )  # fmt: skip
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     x, y = data.train.x.to(device), data.train.y.to(device)
     val = getattr(data, "val", None)
     val = (val.x.to(device), val.y.to(device)) if val is not None and len(val.y) > 0 else None
     check_data_fits_model(model, x, y, loss)
+    warn_if_penalties_break_self_normalization(model, l1, l2)
     parallel = distributed.active()
     if parallel:
         distributed.check_batch_size(batch_size)
@@ -338,13 +343,38 @@ def check_epoch(
         raise explain_nonfinite(run, epoch_start, replay, loss_fn, first_nonfinite)
 
 
-def check_run_arguments(epochs: int, batch_size: int, checkpoint_dir: Any, resume: bool) -> None:
+def check_fit_arguments(
+    epochs: int,
+    batch_size: int,
+    *,
+    checkpoint_dir: Any = None,
+    resume: bool = False,
+    loss: Any = "cross_entropy",
+    l1: float = 0.0,
+    l2: float = 0.0,
+    max_norm: float | None = None,
+    precision: str = "fp32",
+    on_nonfinite: str = "stop",
+) -> None:
+    """Every argument of `fit` that does not need the model or the data, checked at once.
+
+    `gradwell.job.prepare` calls it too, so that a bad [train] value fails before a run folder exists.
+    """
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive int; got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int; got {batch_size!r}")
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs a checkpoint_dir to resume from")
+    resolve_loss(loss)
+    check_finite("l1", l1, low=0.0)
+    check_finite("l2", l2, low=0.0)
+    if max_norm is not None:
+        check_finite("max_norm", max_norm, low=0.0, low_open=True)
+    if precision not in PRECISIONS:
+        raise unknown_name("precision", precision, PRECISIONS)
+    if on_nonfinite not in NONFINITE:
+        raise unknown_name("on_nonfinite", on_nonfinite, NONFINITE)
 
 
 def check_data_fits_model(model: nn.Module, x: Tensor, y: Tensor, loss: Any) -> None:

@@ -91,7 +91,7 @@ def restore(run: Run, metrics: Metrics, directory: str | Path) -> bool:
     """Put the run in the state of the newest good checkpoint; False (a fresh start) if none."""
     state = checkpoint.latest(directory)
     if state is None:
-        log.info("no checkpoint in %s: starting from scratch", directory)
+        log.warning("no checkpoint to resume from in %s: starting from scratch", directory)
         return False
     apply(run, metrics, state)
     log.info("resumed at step %d (epoch %d, batch %d of it)", run.step, run.epoch + 1, run.position)
