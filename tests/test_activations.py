@@ -409,12 +409,17 @@ def test_negative_slope(activation, slope):
         (lambda: PReLU(init=float("nan")), r"PReLU init must be a finite number.*; got nan"),
         (lambda: PReLU(num_parameters=0), r"PReLU num_parameters must be a positive int; got 0"),
         (lambda: PReLU(num_parameters=2.5), r"PReLU num_parameters must be a positive int; got 2.5"),
+        (lambda: PReLU(num_parameters=True), r"PReLU num_parameters must be a positive int; got True"),
         (lambda: Swish(beta=float("nan")), r"Swish beta must be a finite number.*; got nan"),
         (lambda: Swish(beta=float("inf"), learnable=True), r"Swish beta must be a finite number.*; got inf"),
         (lambda: Swish(num_parameters=3), r"Swish num_parameters > 1 needs learnable=True"),
         (
             lambda: Swish(learnable=True, num_parameters=0),
             r"Swish num_parameters must be a positive int; got 0",
+        ),
+        (
+            lambda: Swish(learnable=True, num_parameters=True),
+            r"Swish num_parameters must be a positive int; got True",
         ),
         (
             lambda: GELU("tanhh"),

@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 from conftest import rel_error
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights, fuse_linear_bn_weights
+from torch.nn.utils.fusion import (
+    fuse_conv_bn_eval,
+    fuse_conv_bn_weights,
+    fuse_linear_bn_eval,
+    fuse_linear_bn_weights,
+)
 
 from gradwell.errors import GradwellError
 from gradwell.fold import BATCH_NORMS, FoldWarning, fold_batchnorm, fold_into_next, fold_into_previous
@@ -210,6 +215,19 @@ def test_fold_batchnorm_agrees_with_fuse_conv_bn_eval(generator):
     assert error(ours.bias, theirs.bias) < 1e-6
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_fold_batchnorm_agrees_with_fuse_linear_bn_eval(generator, bias):
+    torch_model = randomize(nn.Sequential(nn.Linear(5, 6, bias=bias), nn.BatchNorm1d(6)).double(), generator)
+    theirs = fuse_linear_bn_eval(torch_model[0].eval(), torch_model[1].eval())
+    # gradwell's BatchNorm with the same statistics: fuse_linear_bn_eval reads only torch's num_features
+    ours = nn.Sequential(nn.Linear(5, 6, bias=bias), BatchNorm(6)).double()
+    assert ours.load_state_dict(torch_model.state_dict(), strict=False).missing_keys == []
+    for model in (torch_model, ours):
+        folded = fold_quietly(model)[0]
+        assert error(folded.weight, theirs.weight) < 1e-12
+        assert error(folded.bias, theirs.bias) < 1e-12
+
+
 def test_fold_into_next_is_the_composition_of_the_two_maps(generator):
     mean, var, gamma, beta = bn_statistics(5, generator)
     eps = 1e-5
@@ -358,6 +376,12 @@ def test_only_the_unfoldable_one_stays(generator):
     assert isinstance(folded[1], nn.Identity) and isinstance(folded[2][2], nn.BatchNorm2d)
     x = torch.randn(2, 3, 6, 6, generator=generator)
     assert error(folded(x), model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("model", ["x", None, [nn.Linear(2, 2), nn.BatchNorm1d(2)]], ids=str)
+def test_something_other_than_a_module_is_refused(model):
+    with pytest.raises(GradwellError, match=r"fold_batchnorm needs an nn.Module .*; got "):
+        fold_batchnorm(model)
 
 
 def test_unbuilt_lazy_model_is_refused():

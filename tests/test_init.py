@@ -458,6 +458,9 @@ def test_zero_dimensional_tensor_raises(initializer):
         ({"scale": float("nan")}, r"scale must be a finite number in \(0, inf\); got nan"),
         ({"scale": float("inf")}, r"scale must be a finite number in \(0, inf\); got inf"),
         ({"scale": "two"}, r"scale must be a number, got 'two'"),
+        ({"distribution": ["x"]}, r"unknown distribution \['x'\]; valid: normal, truncated_normal, uniform"),
+        ({"mode": ["x"]}, r"unknown mode \['x'\]; valid: fan_in, fan_out, fan_avg"),
+        ({"mode": {}}, r"unknown mode \{\}; valid: fan_in, fan_out, fan_avg"),
     ],
     ids=str,
 )
@@ -467,6 +470,14 @@ def test_bad_arguments_raise_before_touching_the_tensor(kwargs, message, generat
     with pytest.raises(GradwellError, match=message):
         variance_scaling_(weight, **kwargs)
     assert torch.equal(weight, before)
+
+
+@pytest.mark.parametrize("initializer", [he_normal_, glorot_uniform_, standard_normal_])
+def test_an_integer_tensor_is_refused_by_name(initializer):
+    with pytest.raises(GradwellError, match=r"floating-point tensor .*; got a tensor of dtype torch.int64"):
+        initializer(torch.empty(3, 4, dtype=torch.int64))
+    with pytest.raises(GradwellError, match=r"floating-point tensor .*; got \[\[1.0, 2.0\]\]"):
+        initializer([[1.0, 2.0]])
 
 
 def test_unknown_initializer_name_suggests_the_closest():

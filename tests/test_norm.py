@@ -244,6 +244,13 @@ def test_bad_inputs_raise_clear_errors(generator, layer, shape, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("layer", [lambda: BatchNorm(3), lambda: BatchNorm(), lambda: BatchNorm(axis=(1, 2))])
+def test_an_integer_input_is_refused_by_name(generator, layer):
+    x = torch.randint(-5, 5, (4, 3, 2), generator=generator)
+    with pytest.raises(GradwellError, match=r"floating-point input .*; got dtype torch.int64"):
+        layer()(x)
+
+
 def test_one_value_per_feature_is_fine_in_inference(generator):
     layer = BatchNorm(5).eval()
     x = randn(generator, 1, 5, dtype=torch.float32)

@@ -147,6 +147,35 @@ def test_onecycle_rises_falls_and_anneals_linearly():
     assert lrs[0] == pytest.approx(0.02) and max(lrs) == pytest.approx(0.2) and lrs[-1] == pytest.approx(2e-5)
 
 
+@pytest.mark.parametrize("total_steps", [20, 200])
+@pytest.mark.parametrize("three_phase", [True, False])
+def test_onecycle_holds_its_final_rate_after_the_last_step(total_steps, three_phase):
+    optimizer = SGD(parameters(), lr=0.01, momentum=0.9)
+    scheduler = schedule("onecycle", optimizer, max_lr=0.2, total_steps=total_steps, three_phase=three_phase)
+    used = rates(optimizer, scheduler, total_steps)  # the documented use: step() after each step
+    momentum = optimizer.param_groups[0]["momentum"]
+    after = rates(optimizer, scheduler, 3)  # torch would extrapolate below 0, then raise
+    assert after == [pytest.approx(used[-1], rel=1e-12)] * 3 == [pytest.approx(2e-5, rel=1e-12)] * 3
+    assert optimizer.param_groups[0]["momentum"] == momentum == 0.95
+
+
+def test_onecycle_rates_used_are_torchs():
+    optimizer = SGD(parameters(), lr=0.01, momentum=0.9)
+    ours = rates(optimizer, schedule("onecycle", optimizer, max_lr=0.2, total_steps=20), 20)
+    optimizer = SGD(parameters(), lr=0.01, momentum=0.9)
+    torchs = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        0.2,
+        20,
+        pct_start=0.45,
+        anneal_strategy="linear",
+        div_factor=10.0,
+        final_div_factor=1000.0,
+        three_phase=True,
+    )
+    assert rates(optimizer, torchs, 20) == ours
+
+
 @pytest.mark.parametrize(
     ("make", "key"),
     [(lambda p: SGD(p, lr=0.01, momentum=0.9), "momentum"), (lambda p: Adam(p, lr=0.01), "betas")],
@@ -187,6 +216,30 @@ def test_onecycle_leaves_optimizers_without_momentum_alone(make):
         ("onecycle", {"max_lr": 0.1, "total_steps": 1}, ["total_steps", "1", ">= 2"]),
         ("onecycle", {"max_lr": float("nan"), "total_steps": 10}, ["max_lr", "nan"]),
         ("onecycle", {"max_lr": 0.1, "total_steps": 10, "pct_start": 2.0}, ["onecycle", "2.0"]),
+        ("onecycle", {"max_lr": 0.1, "total_steps": 10, "div_factor": -1}, ["div_factor", "-1", "(0, inf)"]),
+        (
+            "onecycle",
+            {"max_lr": 0.1, "total_steps": 10, "final_div_factor": 0},
+            ["final_div_factor", "(0, inf)"],
+        ),
+        (
+            "onecycle",
+            {"max_lr": 0.1, "total_steps": 10, "max_momentum": 2.0},
+            ["max_momentum", "2.0", "[0, 1)"],
+        ),
+        ("onecycle", {"max_lr": 0.1, "total_steps": 10, "base_momentum": -0.1}, ["base_momentum", "-0.1"]),
+        (
+            "onecycle",
+            {"max_lr": 0.1, "total_steps": 10, "base_momentum": 0.95, "max_momentum": 0.85},
+            ["base_momentum <= max_momentum", "0.95", "0.85"],
+        ),
+        ("onecycle", {"max_lr": 0.1, "total_steps": 10, "pct_start": 0.7}, ["pct_start", "0.7", "[0, 0.5]"]),
+        ("onecycle", {"max_lr": 0.1, "total_steps": 10, "pct_start": 0.1}, ["pct_start * total_steps", "1"]),
+        ("onecycle", {"max_lr": 0.1, "total_steps": True}, ["total_steps", "True"]),
+        ("onecycle", {"max_lr": 0.1, "total_steps": 10, "anneal_strategy": "cosine"}, ["'cosine'", "cos"]),
+        ("piecewise", {"boundaries": [True], "values": [0.1, 0.01]}, ["increasing", "[True]"]),
+        ("performance", {"patience": True}, ["patience", "True"]),
+        ("performance", {"mode": "mni"}, ["'mni'", "did you mean 'min'", "max"]),
     ],
 )
 def test_bad_schedules_name_the_value_and_what_is_valid(name, kwargs, words):

@@ -22,6 +22,13 @@ Sigmoid = nn.Sigmoid
 Tanh = nn.Tanh
 
 
+def positive_int(name: str, value: int) -> int:
+    """`value` if it is an int >= 1; a bool is refused, though Python counts it as an int."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise GradwellError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
 class LeakyReLU(nn.LeakyReLU):
     """LeakyReLU_alpha(z) = max(alpha z, z) (Maas et al., 2013).
 
@@ -59,9 +66,9 @@ class PReLU(nn.PReLU):
     """
 
     def __init__(self, num_parameters: int = 1, init: float = 0.25) -> None:
-        if not isinstance(num_parameters, int) or num_parameters < 1:
-            raise GradwellError(f"PReLU num_parameters must be a positive int; got {num_parameters!r}")
-        super().__init__(num_parameters, check_finite("PReLU init", init))
+        super().__init__(
+            positive_int("PReLU num_parameters", num_parameters), check_finite("PReLU init", init)
+        )
 
 
 class ELU(nn.ELU):
@@ -127,8 +134,7 @@ class Swish(nn.Module):
     def __init__(self, beta: float = 1.0, learnable: bool = False, num_parameters: int = 1) -> None:
         super().__init__()
         beta = check_finite("Swish beta", beta)
-        if not isinstance(num_parameters, int) or num_parameters < 1:
-            raise GradwellError(f"Swish num_parameters must be a positive int; got {num_parameters!r}")
+        positive_int("Swish num_parameters", num_parameters)
         if num_parameters > 1 and not learnable:
             raise GradwellError("Swish num_parameters > 1 needs learnable=True; a fixed beta is one number")
         self.learnable = learnable

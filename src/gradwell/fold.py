@@ -154,6 +154,10 @@ def fold_batchnorm(model: nn.Module, strict: bool = False) -> nn.Module:
         model = nn.Sequential(nn.Linear(4, 8), BatchNorm(8), nn.ReLU(), BatchNorm(8), nn.Linear(8, 2))
         fast = fold_batchnorm(model)  # Linear, Identity, ReLU, Identity, Linear
     """
+    if not isinstance(model, nn.Module):
+        raise GradwellError(
+            f"fold_batchnorm needs an nn.Module (an nn.Sequential or a model holding some); got {model!r}"
+        )
     uninitialized = [n for n, m in model.named_modules() if lazy_and_unbuilt(m)]
     if uninitialized:
         raise GradwellError(

@@ -49,6 +49,13 @@ def compute_fans(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
     return shape[1] * receptive_field, shape[0] * receptive_field
 
 
+def check_floating(tensor: Tensor) -> None:
+    """Random draws fill floating-point tensors only (torch has no normal_ for integers)."""
+    if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+        got = f"a tensor of dtype {tensor.dtype}" if isinstance(tensor, Tensor) else repr(tensor)
+        raise GradwellError(f"initializers fill a floating-point tensor (float16/32/64, bfloat16); got {got}")
+
+
 def variance_scaling_(
     tensor: Tensor,
     scale: float = 1.0,
@@ -67,11 +74,13 @@ def variance_scaling_(
 
     Keras's name ``untruncated_normal`` is accepted for ``normal``.
     """
+    check_floating(tensor)
     scale = check_finite("scale", scale, low=0.0, low_open=True)
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise unknown_name("mode", mode, MODES)
-    distribution = {"untruncated_normal": "normal"}.get(distribution, distribution)  # Keras's name
-    if distribution not in DISTRIBUTIONS:
+    if distribution == "untruncated_normal":  # Keras's name
+        distribution = "normal"
+    if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
         raise unknown_name("distribution", distribution, DISTRIBUTIONS)
     fan_in, fan_out = compute_fans(tensor.shape)
     fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
@@ -139,6 +148,7 @@ def standard_normal_(tensor: Tensor, generator: Generator | None = None) -> Tens
     The naive initialization that Glorot and Bengio (2010) showed saturates deep sigmoid
     networks; kept to reproduce that failure, not to be used.
     """
+    check_floating(tensor)
     with torch.no_grad():
         return tensor.normal_(0.0, 1.0, generator=generator)
 

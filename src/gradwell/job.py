@@ -134,16 +134,14 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int) -> Any:
     """The config's schedule over a run of `steps` optimizer steps (None for name = "none").
 
-    1cycle's default length is steps + 1: fit steps the schedule after every optimizer step, the
-    last time after the last one, and the schedule must still be defined there (one step more
-    would extrapolate its last linear piece below zero).
+    1cycle spans the run by default: its last rate is the one the last step uses.
     """
     options = dict(config.schedule)
     name = options.pop("name", "none")
     if name == "none":
         return None
     if name == "onecycle":
-        options.setdefault("total_steps", steps + 1)
+        options.setdefault("total_steps", steps)
         options.setdefault("max_lr", float(optimizer.param_groups[0]["lr"]))
     return optim.schedule(name, optimizer, **options)
 

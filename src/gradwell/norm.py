@@ -173,11 +173,15 @@ class BatchNorm(LazyModuleMixin, nn.Module):
                     tensor.fill_(fill)
 
     def kept_axes(self, x: Tensor) -> tuple[int, ...]:
-        """The kept axes of `x`, made non-negative; a clear error when one is out of range."""
+        """The kept axes of `x`, made non-negative; a clear error for a bad input or axis."""
         if x.dim() < 2:
             raise GradwellError(
                 "BatchNorm needs a batch with 2 dimensions or more (batch, features, ...); "
                 f"got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise GradwellError(
+                f"BatchNorm needs a floating-point input (float16/32/64, bfloat16); got dtype {x.dtype}"
             )
         kept = tuple(sorted(a % x.dim() if -x.dim() <= a < x.dim() else -1 for a in self.axis))
         if any(a < 1 for a in kept) or len(set(kept)) != len(kept):

@@ -21,7 +21,7 @@ from gradwell.optim.adagrad import AdaGrad
 from gradwell.optim.adam import Adam, AdaMax, AdamW, Nadam
 from gradwell.optim.base import OPTIONS, GradwellOptimizer, check_arguments
 from gradwell.optim.rmsprop import RMSProp
-from gradwell.optim.schedules import SCHEDULES, PiecewiseConstantLR, schedule
+from gradwell.optim.schedules import SCHEDULES, ClampedOneCycleLR, PiecewiseConstantLR, schedule
 from gradwell.optim.sgd import SGD
 
 OPTIMIZERS: dict[str, Callable[..., GradwellOptimizer]] = {
@@ -58,6 +58,7 @@ __all__ = [
     "AdaMax",
     "Adam",
     "AdamW",
+    "ClampedOneCycleLR",
     "GradwellOptimizer",
     "Nadam",
     "PiecewiseConstantLR",

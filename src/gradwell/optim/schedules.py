@@ -27,6 +27,11 @@ from gradwell.errors import GradwellError, check_finite, unknown_name
 from gradwell.optim.base import check_arguments
 
 
+def is_int(value: object) -> bool:
+    """A step count: an int, and not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def power(optimizer: Optimizer, s: float, c: float = 1.0) -> LambdaLR:
     """Power scheduling: lr_t = lr0 / (1 + t / s)^c.
 
@@ -46,6 +51,10 @@ def exponential(optimizer: Optimizer, s: float) -> LambdaLR:
     """
     s = check_finite("exponential schedule s", s, low=0.0, low_open=True)
     return LambdaLR(optimizer, lambda t: 0.1 ** (t / s))
+
+
+ANNEAL_STRATEGIES = ("linear", "cos")
+PLATEAU_MODES = ("min", "max")
 
 
 class PiecewiseConstantLR(LRScheduler):
@@ -75,9 +84,7 @@ def piecewise(
             f"piecewise schedule needs one value more than boundaries; got {len(boundaries)} boundaries "
             f"{list(boundaries)!r} and {len(values)} values {list(values)!r}"
         )
-    if any(not isinstance(b, int) or b < 1 for b in boundaries) or sorted(set(boundaries)) != list(
-        boundaries
-    ):
+    if any(not is_int(b) or b < 1 for b in boundaries) or sorted(set(boundaries)) != list(boundaries):
         raise GradwellError(
             f"piecewise schedule boundaries must be increasing positive step counts; got {list(boundaries)!r}"
         )
@@ -107,8 +114,10 @@ def performance(
         "performance schedule factor", factor, low=0.0, high=1.0, low_open=True, high_open=True
     )
     for name, value, low in (("patience", patience, 1), ("cooldown", cooldown, 0)):
-        if not isinstance(value, int) or value < low:
+        if not is_int(value) or value < low:
             raise GradwellError(f"performance schedule {name} must be an int >= {low}; got {value!r}")
+    if mode not in PLATEAU_MODES:
+        raise unknown_name("performance schedule mode", mode, PLATEAU_MODES)
     return ReduceLROnPlateau(
         optimizer,
         mode=mode,
@@ -119,6 +128,20 @@ def performance(
         cooldown=cooldown,
         min_lr=check_finite("performance schedule min_lr", min_lr, low=0.0),
     )
+
+
+class ClampedOneCycleLR(OneCycleLR):
+    """torch's OneCycleLR, except that the rate stays at its final value after `total_steps` steps.
+
+    torch extrapolates the last linear phase one step past the end, so the documented use (one
+    ``step()`` after each of the `total_steps` optimizer steps) would leave a negative rate in the
+    optimizer for a further step or a log. Momentum already ends flat.
+    """
+
+    def get_lr(self) -> list[float]:
+        if self.last_epoch < self.total_steps:
+            return super().get_lr()
+        return [group["min_lr"] for group in self.optimizer.param_groups]
 
 
 def onecycle(
@@ -133,7 +156,7 @@ def onecycle(
     cycle_momentum: bool | None = None,
     base_momentum: float = 0.85,
     max_momentum: float = 0.95,
-) -> OneCycleLR:
+) -> ClampedOneCycleLR:
     """1cycle (Smith, 2018) as the chapter describes it, through torch's OneCycleLR.
 
     The rate rises linearly from lr_start = max_lr / div_factor to max_lr over the first
@@ -145,14 +168,19 @@ def onecycle(
     Momentum cycles the other way, max_momentum -> base_momentum -> max_momentum, then stays:
     SGD's ``momentum``, or b1 of ``betas`` for the Adam family. By default it cycles when the
     optimizer has momentum (SGD with momentum > 0, the Adam family), not for plain SGD, AdaGrad or
-    RMSProp; pass `cycle_momentum` to decide. The schedule ends after `total_steps` steps.
+    RMSProp; pass `cycle_momentum` to decide. The schedule ends after `total_steps` steps; steps
+    past the end keep the final rate.
     """
     max_lr = check_finite("onecycle schedule max_lr", max_lr, low=0.0, low_open=True)
-    if not isinstance(total_steps, int) or total_steps < 2:
+    if not is_int(total_steps) or total_steps < 2:
         raise GradwellError(f"onecycle schedule total_steps must be an int >= 2; got {total_steps!r}")
+    pct_start = onecycle_pct_start(pct_start, total_steps, three_phase)
+    if anneal_strategy not in ANNEAL_STRATEGIES:
+        raise unknown_name("onecycle anneal_strategy", anneal_strategy, ANNEAL_STRATEGIES)
+    base_momentum, max_momentum = onecycle_momenta(base_momentum, max_momentum)
     if cycle_momentum is None:
         cycle_momentum = any(g.get("momentum", 0.0) > 0 or "betas" in g for g in optimizer.param_groups)
-    return OneCycleLR(
+    return ClampedOneCycleLR(
         optimizer,
         max_lr=max_lr,
         total_steps=total_steps,
@@ -161,10 +189,38 @@ def onecycle(
         cycle_momentum=cycle_momentum,
         base_momentum=base_momentum,
         max_momentum=max_momentum,
-        div_factor=div_factor,
-        final_div_factor=final_div_factor,
+        div_factor=check_finite("onecycle schedule div_factor", div_factor, low=0.0, low_open=True),
+        final_div_factor=check_finite(
+            "onecycle schedule final_div_factor", final_div_factor, low=0.0, low_open=True
+        ),
         three_phase=three_phase,
     )
+
+
+def onecycle_pct_start(pct_start: float, total_steps: int, three_phase: bool) -> float:
+    """pct_start in [0, 1], or [0, 0.5] with three phases, whose fall takes as many steps as the rise."""
+    pct_start = check_finite(
+        "onecycle schedule pct_start", pct_start, low=0.0, high=0.5 if three_phase else 1.0
+    )
+    if pct_start * total_steps == 1.0:  # torch's first phase would end where it starts: 0 / 0
+        raise GradwellError(
+            "onecycle schedule pct_start * total_steps must not be 1 (a warm-up of one step); "
+            f"got pct_start={pct_start!r}, total_steps={total_steps!r}"
+        )
+    return pct_start
+
+
+def onecycle_momenta(base_momentum: float, max_momentum: float) -> tuple[float, float]:
+    base_momentum, max_momentum = (
+        check_finite(f"onecycle schedule {name}", value, low=0.0, high=1.0, high_open=True)
+        for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum))
+    )
+    if base_momentum > max_momentum:
+        raise GradwellError(
+            "onecycle schedule needs base_momentum <= max_momentum; "
+            f"got base_momentum={base_momentum!r}, max_momentum={max_momentum!r}"
+        )
+    return base_momentum, max_momentum
 
 
 SCHEDULES: dict[str, Callable[..., LRScheduler | ReduceLROnPlateau]] = {
@@ -192,5 +248,5 @@ def schedule(name: str, optimizer: Optimizer, **kwargs: Any) -> LRScheduler | Re
         return factory(optimizer, **kwargs)
     except GradwellError:
         raise
-    except ValueError as error:  # torch's own checks, e.g. pct_start outside [0, 1]
+    except ValueError as error:  # torch's own checks, e.g. cycle_momentum=True without momentum
         raise GradwellError(f"{name} schedule: {error}") from None
