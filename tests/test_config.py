@@ -68,6 +68,10 @@ def test_missing_file_and_bad_overrides():
         ("model.activaton=relu", r"unknown key model.activaton \(did you mean 'activation'\?\)"),
         ("model.activation=rleu", r"unknown activation 'rleu' \(did you mean 'relu'\?\)"),
         ("model.depth=ten", "model.depth = 'ten' has the wrong type: expected int"),
+        (
+            "model.activation=3",
+            r"model.activation = 3 has the wrong type: expected str \| Module \| callable \| None$",
+        ),
         ("model.kind=rnn", r"unknown model kind 'rnn' \(did you mean 'cnn'\?\); valid: mlp, cnn"),
         ("optimizer.name=nadamw", r"unknown optimizer 'nadamw' \(did you mean 'nadam'"),
         ("optimizer.momentum=1.5", "momentum"),

@@ -64,6 +64,8 @@ train = section({
     "loss": st.sampled_from(["cross_entropy", "mse", "hinge"]),
     "on_nonfinite": st.sampled_from(["stop", "skip", "ignore"]),
     "precision": st.sampled_from(["fp32", "bf16", "fp8"]),
+    "device": st.sampled_from(["auto", "cpu", "auto", "cpu", "auto", "cuda:7", "meta", "mps"]),
+    "early_stopping": st.integers(-1, 3), "fast": st.booleans(),
 })  # fmt: skip
 data = section(
     {"val_fraction": st.floats(-0.2, 1.2), "test_fraction": st.floats(-0.2, 1.2), "seed": st.integers(-1, 3)}
@@ -89,15 +91,10 @@ def test_a_config_trains_or_fails_with_a_gradwell_error(model, optimizer, schedu
             prepared.dataset,
             optimizer=prepared.optimizer,
             scheduler=prepared.scheduler,
-            epochs=config.train.epochs,
-            batch_size=config.train.batch_size,
-            loss=config.train.loss,
-            l1=config.train.l1,
-            l2=config.train.l2,
-            max_norm=config.train.max_norm,
-            on_nonfinite=config.train.on_nonfinite,
-            precision=config.train.precision,
+            callbacks=job.early_stopping(config.train),
+            device=prepared.device,
             progress=False,
+            **job.fit_options(config.train),
         )
     except GradwellError as error:
         event(f"refused: {type(error).__name__}")

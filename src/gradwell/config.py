@@ -182,6 +182,16 @@ def unknown_key(section: str, key: str, valid: Mapping[str, Any] | list[str]) ->
 
 
 def type_name(annotation: Any) -> str:
+    """A type as a config user reads it: ``str | Module | callable | None``, not typing's repr."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(arm) for arm in typing.get_args(annotation))
+    if origin is collections.abc.Callable:
+        return "callable"
+    if origin is not None:
+        return type_name(origin)
+    if annotation is type(None):
+        return "None"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
