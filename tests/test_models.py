@@ -367,7 +367,7 @@ def test_summary_counts_without_bias_before_batchnorm_match_keras():
     )
     result = summary(model)
     assert (result.trainable, result.non_trainable) == expected
-    assert all(row.output_shape is None for row in result.rows)
+    assert result.rows[0].output_shape == (None, 784) and result.rows[-1].output_shape == (None, 10)
 
 
 def test_summary_counts_frozen_parameters_and_shared_ones_once():
@@ -414,3 +414,13 @@ def test_fit_warns_once_that_penalties_break_self_normalization():
         fit(model, data, optimizer=optim.create("sgd", model.parameters()), epochs=1, l2=1e-3, progress=False)
     messages = [str(w.message) for w in caught if w.category is SelfNormalizationWarning]
     assert len(messages) == 1 and messages[0].startswith("l1=0, l2=0.001: weight penalties break SELU's")
+
+
+def test_summary_uses_the_input_shape_the_builders_record():
+    dense = mlp((4, 5), 3, [8], batchnorm="before")
+    conv = cnn((2, 12), 3, channels=[4])
+    assert dense.input_shape == (4, 5) and conv.input_shape == (2, 12)
+    for model in (dense, conv):
+        shown = summary(model)
+        assert shown == summary(model, model.input_shape)
+        assert shown.rows[-1].output_shape == (None, 3)

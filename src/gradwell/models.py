@@ -310,9 +310,7 @@ def mlp(
         layers[f"hidden{i}"] = block(linear, units, options)
         features = units
     layers["output"] = output_layer(features, out_features, init, generator)
-    model = nn.Sequential(layers)
-    warn_if_not_self_normalizing(model, init)
-    return model
+    return finish(nn.Sequential(layers), tuple(shape), init)
 
 
 def conv_input(in_shape: Sequence[int], dims: int | None) -> tuple[int, tuple[int, ...], bool]:
@@ -410,7 +408,12 @@ def cnn(
     global_pool = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)[d - 1](1)
     layers["global_pool"] = nn.Sequential(OrderedDict(pool=global_pool, flatten=nn.Flatten()))
     layers["output"] = output_layer(in_channels, out_features, init, generator)
-    model = nn.Sequential(layers)
+    return finish(nn.Sequential(layers), tuple(positive_ints("in_shape", in_shape)), init)
+
+
+def finish(model: nn.Sequential, input_shape: tuple[int, ...], init: str | Initializer) -> nn.Sequential:
+    """The built model, remembering its input shape (without the batch axis) for `summary`."""
+    model.input_shape = input_shape
     warn_if_not_self_normalizing(model, init)
     return model
 
@@ -494,9 +497,12 @@ def summary(model: nn.Module, example: Tensor | Sequence[int] | None = None) -> 
 
     `example` is a batch, or an input shape without the batch axis (a zero batch of 1 is made);
     it runs once in eval mode under no_grad to record output shapes, so BatchNorm statistics and
-    the RNG are untouched, and each module's training flag is restored. Without it, shapes are
+    the RNG are untouched, and each module's training flag is restored. It defaults to the
+    ``input_shape`` that `mlp` and `cnn` record on their models; without either, shapes are
     unknown (lazy modules then cannot be counted).
     """
+    if example is None:
+        example = getattr(model, "input_shape", None)
     if example is not None:
         shapes = output_shapes(model, example)
     else:
