@@ -38,7 +38,6 @@ from gradwell.fold import FoldWarning, fold_batchnorm
 from gradwell.plots import learning_curves
 from gradwell.train import EarlyStopping, checkpoint, distributed, fit
 from gradwell.train.callbacks import MetricsLogger
-from gradwell.train.checkpoint import load_weights, read_metadata, read_weights, write_atomically
 from gradwell.train.loop import check_data_fits_model, check_fit_arguments, evaluate
 
 log = logging.getLogger(__name__)
@@ -272,7 +271,7 @@ class TrainedRun:
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """The model's state dict as a safetensors file, written atomically (no half-written weights)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    write_atomically(path, save(tensors, metadata=metadata))
+    checkpoint.write_atomically(path, save(tensors, metadata=metadata))
 
 
 def load_run(path: str | Path, weights: str = MODEL_FILE) -> TrainedRun:
@@ -292,10 +291,15 @@ def load_run(path: str | Path, weights: str = MODEL_FILE) -> TrainedRun:
     config = configs.load(run_dir / "config.toml")
     dataset = load_data(config)
     model = build_model(config, dataset)
-    tensors = read_weights(weights_path)
-    if weights_path.suffix == ".safetensors" and read_metadata(weights_path.read_bytes()).get("folded"):
+    tensors = checkpoint.read_weights(weights_path)
+    if written_folded(weights_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FoldWarning)  # reported when the weights were folded
             model = fold_batchnorm(model)
-    load_weights(model, tensors, source=str(weights_path))
+    checkpoint.load_weights(model, tensors, source=str(weights_path))
     return TrainedRun(run_dir, config, dataset, model)
+
+
+def written_folded(path: Path) -> bool:
+    """Whether `gradwell fold` wrote these weights (``folded`` in the safetensors metadata)."""
+    return path.suffix == ".safetensors" and "folded" in checkpoint.read_metadata(path.read_bytes())

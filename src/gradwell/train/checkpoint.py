@@ -13,6 +13,7 @@ falls back to the previous good checkpoint and says so.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -168,7 +169,8 @@ def latest(directory: str | Path) -> dict[str, Any] | None:
             return load(path)
         except CheckpointError as error:
             aside = path.with_name(path.name + ".corrupt")
-            path.replace(aside)
+            with contextlib.suppress(FileNotFoundError):  # another process of a parallel run moved it
+                path.replace(aside)
             log.warning("%s; moved it to %s and fell back to the previous checkpoint", error, aside.name)
     return None
 
