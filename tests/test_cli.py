@@ -99,12 +99,15 @@ def test_train_data_parallel_in_two_processes(tmp_path, tiny_config):
         "output.name=ddp",
         "--set",
         "train.epochs=1",
+        "--set",
+        "train.sync_batchnorm=true",  # the doctor's probe after training then runs on every process
         "--json",
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # printed once, by process 0
     assert result["epochs"] == 1 and result["test"]["accuracy"] > 0.3
+    assert result["doctor"]["verdicts"]
     assert (tmp_path / "runs" / "ddp" / "model.safetensors").is_file()
 
 

@@ -1,6 +1,7 @@
 """Data-parallel training: two CPU processes (gloo) against one with the same global batch."""
 
 import os
+import re
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch.multiprocessing as mp
 from test_train import blobs
 
 from gradwell import models, optim
+from gradwell.errors import NonFiniteError
 from gradwell.train import distributed as ddp
 from gradwell.train import fit
 
@@ -80,6 +82,35 @@ def test_a_resumed_distributed_run_ends_where_the_uninterrupted_one_does(two_pro
         assert all(torch.equal(result["resumed"][k], result["weights"][k]) for k in result["weights"])
         assert result["resumed_loss"] == result["loss"]
     assert len(list((folder / "checkpoints").glob("step-*.safetensors"))) == 2  # written once, by rank 0
+
+
+def diverge():
+    """The run of `train` at a learning rate where it goes non-finite; the error's message."""
+    model = models.mlp(8, 3, hidden=[16, 16], batchnorm="before", generator=torch.Generator().manual_seed(0))
+    optimizer = optim.create("sgd", model.parameters(), lr=1e8)
+    with pytest.raises(NonFiniteError) as caught:
+        fit(model, blobs(n=256), optimizer=optimizer, epochs=2, batch_size=32, seed=7, sync_batchnorm=True,
+            progress=False)  # fmt: skip
+    return str(caught.value)
+
+
+def diverging_worker(rank, world, folder):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        (folder / f"rank{rank}.txt").write_text(diverge())
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_diverging_distributed_run_names_the_step_and_layer_as_one_process_does(tmp_path):
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(diverging_worker, args=(2, tmp_path), nprocs=2, join=True)
+    first, second = ((tmp_path / f"rank{r}.txt").read_text() for r in range(2))
+    assert first == second  # one verdict: every process replayed to the same step, one named the layer
+    step = re.compile(r"non-finite at step (\d+) \(epoch \d\): the .* (of|at) hidden\d")
+    assert step.search(first) and step.search(first)[1] == step.search(diverge())[1], first
 
 
 def test_batch_size_must_split_evenly(monkeypatch):

@@ -42,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except GradwellError as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        from gradwell.train import distributed
+
+        if distributed.is_main():  # under torchrun every process fails alike: say it once
+            errors.print(f"[bold red]error:[/] {error}", highlight=False)
         return 2
     except KeyboardInterrupt as interrupt:  # gradwell.train.guard.Interrupted says where it saved
         errors.print(str(interrupt) or "interrupted", highlight=False)

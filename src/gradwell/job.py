@@ -210,9 +210,8 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
             callbacks=callbacks, device=prepared.device, checkpoint_dir=run_dir / "checkpoints",
             resume=resume, progress=config.output.progress, **fit_options(train),
         )  # fmt: skip
-    except NonFiniteError as error:
-        if main:  # a diverging run is where the doctor matters most
-            error.doctor = diagnose_divergence(prepared, monitor, run_dir, error)
+    except NonFiniteError as error:  # a diverging run is where the doctor matters most
+        error.doctor = diagnose_divergence(prepared, monitor, run_dir, error, write=main)
         raise
     seconds = time.perf_counter() - started
     test = prepared.dataset.test
@@ -223,12 +222,13 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
         run_dir, test_metrics, history.epochs, history.stop_reason, seconds, prepared.model, prepared.dataset,
         path=history.path,
     )  # fmt: skip
+    # every process probes: synced BatchNorm layers gather their statistics from all of them
+    result.doctor = probe_split(
+        prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed
+    )
     if main:
         save_weights(prepared.model, run_dir / MODEL_FILE)
         learning_curves(history.epochs, run_dir / "learning_curves.png", title=run_dir.name)
-        result.doctor = probe_split(
-            prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed
-        )
         (run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
 
@@ -240,14 +240,18 @@ def check_resumable(model: nn.Module, run_dir: Path) -> None:
         checkpoint.check_weights(model, saved["model"], source=f"checkpoint in {run_dir / 'checkpoints'}")
 
 
-def diagnose_divergence(prepared: Prepared, monitor: Monitor, run_dir: Path, error: NonFiniteError) -> Report:
-    """The doctor's report on a run that went non-finite, also written to result.json.
+def diagnose_divergence(
+    prepared: Prepared, monitor: Monitor, run_dir: Path, error: NonFiniteError, write: bool = True
+) -> Report:
+    """The doctor's report on a run that went non-finite, also written to result.json if `write`.
 
     `fit` leaves the model with the weights from before the bad step, so the probe sees the
     gradients that were about to blow up, and the Monitor adds the gradient norms seen so far.
     """
     train = prepared.config.train
     doctor = probe_split(prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed)
+    if not write:
+        return doctor
     result = {
         "run_dir": str(run_dir),
         "stop_reason": "non-finite",

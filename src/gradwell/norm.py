@@ -19,6 +19,7 @@ lets `axis` be a tuple of the axes that keep their own statistics.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,12 @@ def synced_moments(x: Tensor, reduced: tuple[int, ...]) -> tuple[Tensor, Tensor]
     from torch.distributed.nn.functional import all_reduce
 
     count = math.prod(x.shape[d] for d in reduced) * get_world_size()
-    sums = all_reduce(torch.stack([x.sum(reduced, keepdim=True), (x * x).sum(reduced, keepdim=True)]))
+    with warnings.catch_warnings():
+        # its successor in torch._functional_collectives is private and not differentiable
+        warnings.filterwarnings(
+            "ignore", "torch.distributed.nn.functional.all_reduce is deprecated", FutureWarning
+        )
+        sums = all_reduce(torch.stack([x.sum(reduced, keepdim=True), (x * x).sum(reduced, keepdim=True)]))
     mean = sums[0] / count
     return mean, (sums[1] / count - mean * mean).clamp_min(0.0)
 

@@ -78,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = job.run(configs.load(args.config, args.set))
     except NonFiniteError as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False)
-        if error.doctor is not None:
-            console.print(error.doctor.summary())
+        if distributed.is_main():  # every process of a data-parallel run stops with the same error
+            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            if error.doctor is not None:
+                console.print(error.doctor.summary())
         return 1
     except Interrupted as interrupt:
         errors.print(str(interrupt), highlight=False)

@@ -18,6 +18,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -86,7 +87,10 @@ def shard(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """The model under DistributedDataParallel, which all-reduces (averages) gradients in backward."""
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    with warnings.catch_warnings():
+        # recent torch renames it forward_sync_buffers, which torch 2.4 does not know
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 def sync_batchnorm(model: nn.Module) -> nn.Module:
@@ -113,6 +117,24 @@ def first_step(step: Tensor) -> None:
         step.copy_(torch.where(step < 0, big, step))
         dist.all_reduce(step, op=dist.ReduceOp.MIN)
         step.copy_(torch.where(step == big, -1, step))
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process; every process must call it (one small all-reduce)."""
+    if not active():
+        return flag
+    found = torch.tensor(int(flag), device=device())
+    dist.all_reduce(found, op=dist.ReduceOp.MAX)
+    return bool(found)
+
+
+def first_text(text: str) -> str:
+    """The first non-empty `text` in process order; every process must call it."""
+    if not active():
+        return text
+    texts: list[str | None] = [None] * world_size()
+    dist.all_gather_object(texts, text)
+    return next((t for t in texts if t), "")
 
 
 def barrier() -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from gradwell.errors import NonFiniteError
-from gradwell.train import state
+from gradwell.train import distributed, state
 
 if TYPE_CHECKING:
     from gradwell.train.loop import Run
@@ -78,7 +78,7 @@ def explain_nonfinite(
             f"(epoch {run.epoch + 1}); replaying the epoch did not reproduce it"
         )
     step, x, y = found
-    where = first_nonfinite_layer(run, x, y, loss_fn)
+    where = distributed.first_text(first_nonfinite_layer(run, x, y, loss_fn))  # any process's shard
     return NonFiniteError(
         f"training became non-finite at step {step} (epoch {run.epoch + 1}){where}. The model keeps the "
         "weights from before that step, and the last checkpoint (if any) is untouched. Lower the learning "

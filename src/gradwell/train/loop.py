@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from gradwell.errors import ConfigError, DataError, NonFiniteError, check_finite, unknown_name
+from gradwell.errors import ConfigError, DataError, check_finite, unknown_name
 from gradwell.models import warn_if_penalties_break_self_normalization
 from gradwell.train import distributed, state
 from gradwell.train.callbacks import Callback
@@ -337,9 +337,7 @@ def check_epoch(
     """Raise for a Ctrl-C (after saving) or a non-finite loss (named by a replay) in the epoch."""
     if run.interrupted:
         raise interrupted(run, checkpoint_dir)
-    if first_nonfinite >= 0 and distributed.active():
-        raise NonFiniteError(f"the training loss became non-finite at step {first_nonfinite}")
-    if first_nonfinite >= 0:
+    if first_nonfinite >= 0:  # the same step on every process (Metrics.read agrees on it)
         raise explain_nonfinite(run, epoch_start, replay, loss_fn, first_nonfinite)
 
 
@@ -462,7 +460,7 @@ def replay_to_first_bad_step(
     per_step = run.scheduler is not None and not isinstance(run.scheduler, ReduceLROnPlateau)
     for xb, yb in epoch_batches(run, x, y, batch_size):
         checked(xb, yb)
-        if int(checks.skipped) > 0:
+        if distributed.any_process(int(checks.skipped) > 0):  # data-parallel: all stop together
             return run.step, xb, yb
         run.step += 1
         if per_step:
