@@ -77,3 +77,13 @@ def test_load_run_names_what_is_missing(trained, tmp_path):
         job.load_run(tmp_path)
     with pytest.raises(CheckpointError, match=r"needs config\.toml and other\.safetensors"):
         job.load_run(trained.run_dir, weights="other.safetensors")
+
+
+def test_diagnose_probes_a_run_folders_trained_model(trained):
+    from gradwell.cli import main
+    from gradwell.diagnose import diagnose_run, probe_split
+
+    model = trained.model.cpu()
+    expected = probe_split(model, trained.dataset.train, "cross_entropy", seed=0).to_dict()
+    assert diagnose_run(trained.run_dir).to_dict()["layers"] == expected["layers"]
+    assert main(["diagnose", str(trained.run_dir), "--epochs", "2"]) == 2  # a trained run is probed as it is

@@ -16,12 +16,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="measure a network's activations and gradients, name what is unstable and how to fix it",
         description="Probe a model layer by layer (activations, saturated and dead units, gradient scales, "
         "non-finite values) and print the verdicts with the chapter's fixes. Give a TOML config (the model "
-        "of `gradwell train`, probed at initialization or after --epochs of training) or a built-in "
+        "of `gradwell train`, probed at initialization or after --epochs of training), a run folder of "
+        "`gradwell train` (its trained model) or a built-in "
         "scenario from the literature. With scenarios, the exit status is 1 when a verdict differs "
         "from the expected one.",
     )
     parser.add_argument(
-        "config", nargs="?", help="a TOML config, as for `gradwell train` (default: its default)"
+        "config",
+        nargs="?",
+        help="a TOML config, as for `gradwell train` (default: its default), or a run folder of "
+        "`gradwell train` to probe its trained model",
     )
     parser.add_argument(
         "--scenario",
@@ -52,9 +56,14 @@ def run(args: argparse.Namespace) -> int:
             raise GradwellError("--scenario takes no config, --set or --epochs; give one or the other")
         return run_scenarios(args)
     from gradwell import config as configs
-    from gradwell.diagnose import diagnose_config
+    from gradwell.diagnose import diagnose_config, diagnose_run
 
-    report = diagnose_config(configs.load(args.config, args.set), epochs=args.epochs)
+    if args.config is not None and Path(args.config).is_dir():
+        if args.set or args.epochs:
+            raise GradwellError("a run folder is probed as trained: it takes no --set or --epochs")
+        report = diagnose_run(args.config)
+    else:
+        report = diagnose_config(configs.load(args.config, args.set), epochs=args.epochs)
     if args.plot:
         report.plot(args.plot, title=f"gradwell diagnose {args.config or '(default config)'}")
     if args.json:

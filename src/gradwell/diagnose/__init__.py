@@ -9,7 +9,7 @@ Modules: ``layers`` (what is measured), ``stats`` (the statistics and their hook
 (the literature's experiments) and ``checkup`` (on a dataset split or a config).
 """
 
-from gradwell.diagnose.checkup import diagnose_config, probe_split
+from gradwell.diagnose.checkup import diagnose_config, diagnose_run, probe_split
 from gradwell.diagnose.layers import Layer, find_layers
 from gradwell.diagnose.monitor import History, Monitor
 from gradwell.diagnose.probe import probe
@@ -32,6 +32,7 @@ __all__ = [
     "Verdict",
     "diagnose",
     "diagnose_config",
+    "diagnose_run",
     "find_layers",
     "probe",
     "probe_split",

@@ -1,10 +1,11 @@
-"""The doctor on a dataset and a config: what `gradwell train` runs after training and
-`gradwell diagnose CONFIG.toml` runs on a fresh model."""
+"""The doctor on a dataset and a config: what `gradwell train` runs after training,
+`gradwell diagnose CONFIG.toml` runs on a fresh model and `gradwell diagnose RUN_DIR` on a trained one."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,3 +75,13 @@ def diagnose_config(config: Config, epochs: int = 0) -> Report:
         except NonFiniteError as error:
             log.warning("%s", error)
     return probe_split(prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed)
+
+
+def diagnose_run(run_dir: str | Path) -> Report:
+    """Probe the trained model of a ``gradwell train`` run folder on its training data, as the run
+    left it (the report the run wrote also had the Monitor's history of the training itself)."""
+    from gradwell import job
+
+    run = job.load_run(run_dir)
+    train = run.config.train
+    return probe_split(run.model, run.dataset.train, train.loss, seed=train.seed)
