@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 TINY = """
 [data]
@@ -151,3 +153,44 @@ def test_ctrl_c_stops_train_with_a_checkpoint_and_says_how_to_resume(tmp_path, t
     err = " ".join(err.split())  # rich wraps to the terminal's width
     assert process.returncode == 130 and "interrupted after step" in err
     assert f"go on with: gradwell train --resume {Path('runs') / 'cut'}" in err
+
+
+def test_ctrl_c_stops_every_process_of_a_data_parallel_run_at_one_step_and_resume_ends_the_same(
+    tmp_path, tiny_config
+):
+    from safetensors.torch import load_file
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", COLUMNS="200")
+    train = [sys.executable, "-m", "gradwell", "train", "--nproc", "2", "--set", "output.progress=false"]
+    whole = subprocess.run(
+        [*train, str(tiny_config), "--set", "train.epochs=8", "--set", "output.name=whole"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    # a terminal's Ctrl-C reaches gradwell and torchrun, which forwards it to the training processes
+    process = subprocess.Popen(
+        [*train, str(tiny_config), "--set", "train.epochs=1000", "--set", "output.name=cut"],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
+    started = time.monotonic()
+    while not (checkpoints.is_dir() and any(checkpoints.glob("*.safetensors"))):
+        assert process.poll() is None and time.monotonic() - started < 60
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=90)
+    assert process.returncode == 130
+    assert err.count("interrupted after step") == 1 and "go on with: gradwell train --resume" in err
+    stopped = int(re.search(r"interrupted after step (\d+)", err)[1])
+    steps = sorted(int(p.stem.removeprefix("step-")) for p in checkpoints.glob("*.safetensors"))
+    assert steps[-1] == stopped  # written once, by process 0, where every process stopped
+    assert stopped < 8 * 20  # before the uninterrupted run's end (digits: 20 steps an epoch)
+    resumed = subprocess.run(
+        [*train, "--resume", str(tmp_path / "runs" / "cut"), "--set", "train.epochs=8"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    expected = load_file(tmp_path / "runs" / "whole" / "model.safetensors")
+    weights = load_file(tmp_path / "runs" / "cut" / "model.safetensors")
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)

@@ -84,9 +84,11 @@ def run(args: argparse.Namespace) -> int:
                 console.print(error.doctor.summary())
         return 1
     except Interrupted as interrupt:
-        errors.print(str(interrupt), highlight=False)
-        if interrupt.checkpoint is not None:
-            errors.print(f"go on with: gradwell train --resume {Path(interrupt.checkpoint).parent.parent}")
+        if distributed.is_main():
+            errors.print(str(interrupt), highlight=False)
+            if interrupt.checkpoint is not None:
+                run_dir = Path(interrupt.checkpoint).parent.parent
+                errors.print(f"go on with: gradwell train --resume {run_dir}")
         return 130
     if not distributed.is_main():
         return 0

@@ -137,6 +137,39 @@ def first_text(text: str) -> str:
     return next((t for t in texts if t), "")
 
 
+class StopVote:
+    """Whether any process was asked to stop (Ctrl-C), decided at the same step on every process.
+
+    Under torchrun each process gets its own SIGINT, at its own step. Stopping there would leave
+    the others waiting in an all-reduce, so each step starts an asynchronous all-reduce (MAX) of
+    the local flag on a CPU (gloo) group and reads the one started the step before: every process
+    reads the same votes after the same number of steps, without waiting on the network per step,
+    and a Ctrl-C takes effect one step later than alone. Every process must call it at every step.
+    """
+
+    def __init__(self) -> None:
+        self.group = dist.new_group(backend="gloo") if active() else None
+        self.flag = torch.zeros(1, dtype=torch.int32)
+        self.pending: dist.Work | None = None
+
+    def __call__(self, local: bool) -> bool:
+        if self.group is None:
+            return local
+        decided = False
+        if self.pending is not None:
+            self.pending.wait()
+            decided = bool(self.flag)
+        self.flag = torch.tensor([int(local)], dtype=torch.int32)
+        self.pending = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        return decided
+
+    def close(self) -> None:
+        """Wait for the last vote, so that no collective is left in flight."""
+        if self.pending is not None:
+            self.pending.wait()
+            self.pending = None
+
+
 def barrier() -> None:
     if active():
         dist.barrier()
@@ -165,4 +198,11 @@ def launch(arguments: Sequence[str], nproc: int) -> int:
         "gradwell",
         *arguments,
     ]
-    return subprocess.call(command)
+    interrupted = False
+    with subprocess.Popen(command) as torchrun:
+        while True:
+            try:
+                code = torchrun.wait()
+                return 130 if interrupted else code
+            except KeyboardInterrupt:  # torchrun forwards it: the processes stop after a step and save
+                interrupted = True

@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from gradwell.errors import ConfigError, DataError, check_finite, unknown_name
 from gradwell.models import warn_if_penalties_break_self_normalization
-from gradwell.train import distributed, state
+from gradwell.train import checkpoint, distributed, state
 from gradwell.train.callbacks import Callback
 from gradwell.train.fastpath import (
     GraphedStep,
@@ -87,6 +87,7 @@ class Run:
     history: History = field(default_factory=History)
     stop_reason: str = ""
     interrupted: bool = False  # set by the first Ctrl-C: stop after the current step
+    stop_vote: distributed.StopVote = field(default_factory=distributed.StopVote)  # data-parallel Ctrl-C
 
     def stop(self, reason: str) -> None:
         """Ask the loop to stop at the end of this epoch."""
@@ -172,7 +173,8 @@ def fit(
             left as it was when `fit` returns.
         device: where to train; defaults to the device of the model's first parameter.
         checkpoint_dir: write a checkpoint there after every epoch, and on Ctrl-C after the
-            current step (the last two are kept).
+            current step (the last two are kept). Data-parallel, process 0 writes, and a Ctrl-C
+            (torchrun forwards it to every process) stops them all one step later, at one step.
         resume: continue from the newest good checkpoint in `checkpoint_dir`, mid-epoch if it was
             written on Ctrl-C; the run then ends with the same weights as one never interrupted
             (bitwise on CPU).
@@ -261,7 +263,7 @@ def fit(
         with (
             torch.random.fork_rng(devices=rng_devices, device_type=device.type),
             closing(bar) if bar else nullcontext(),
-            nullcontext() if parallel else stop_on_sigint(run),
+            stop_on_sigint(run),
         ):
             torch.manual_seed(seed)
             if resume:
@@ -288,6 +290,7 @@ def fit(
             for callback in callbacks:
                 callback.on_train_end(run)
     finally:
+        run.stop_vote.close()
         if path.name == "cuda-graph":
             restore_after_capture(optimizer, capturable)
         if isinstance(step, FusedStep) and optimizer.param_groups is not step.user_groups:
@@ -446,7 +449,8 @@ def train_epoch(
             run.scheduler.step()
         for callback in run.callbacks:
             callback.on_step_end(run, loss)
-        if run.interrupted:
+        if run.stop_vote(run.interrupted):  # data-parallel: every process at the same step
+            run.interrupted = True
             return {}, -1
     run.position = 0
     return run.metrics.read()
@@ -473,7 +477,10 @@ def interrupted(run: Run, checkpoint_dir: str | Path | None) -> Interrupted:
     where = f"step {run.step} (epoch {run.epoch + 1}, batch {run.position})"
     if checkpoint_dir is None:
         return Interrupted(f"interrupted after {where}; no checkpoint_dir, so nothing was saved")
-    path = state.save(run, run.metrics, checkpoint_dir)
+    path = checkpoint.checkpoint_path(checkpoint_dir, run.step)
+    if distributed.is_main():
+        state.save(run, run.metrics, checkpoint_dir)
+    distributed.barrier()
     return Interrupted(f"interrupted after {where}; saved {path}: resume to go on from there", path)
 
 
