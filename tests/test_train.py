@@ -315,3 +315,40 @@ def test_metrics_logger_writes_one_line_per_epoch_and_rewrites_on_resume(tmp_pat
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
     train(data, epochs=3, callbacks=[MetricsLogger(log)], checkpoint_dir=tmp_path / "c", resume=True)
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2, 3]
+
+
+class HostReads:
+    """Counts the ways a tensor's value reaches Python (each one a host-device synchronization)."""
+
+    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original):
+                self.count += 1
+                return _original(tensor, *args)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("batchnorm", [None, "before"])  # the fused CPU step, and the eager one
+def test_no_step_reads_the_device_only_the_end_of_an_epoch_does(monkeypatch, batchnorm):
+    def reads(n):
+        model = small_model(batchnorm=batchnorm)
+        # capturable: step counters on the parameters' device, as on a GPU (else they live on the
+        # host, where reading them costs no synchronization, but here no read could be told apart)
+        optimizer = optim.create("nadam", model.parameters(), global_clipnorm=1.0, capturable=True)
+        scheduler = optim.schedule("exponential", optimizer, s=10)
+        data = blobs(n=n)
+        counter = HostReads(monkeypatch)
+        history = fit(
+            model, data, optimizer=optimizer, scheduler=scheduler, epochs=1, batch_size=8, progress=False
+        )
+        monkeypatch.undo()
+        assert history.last["loss"] > 0
+        return counter.count
+
+    assert reads(32) == reads(256)  # 4 steps or 32: the same reads, all of them outside the steps
