@@ -34,3 +34,26 @@ def test_ray_tasks_give_the_same_results_as_the_local_process_pool():
     for a, b in zip(local.records, remote.records, strict=True):
         strip = lambda logs: {k: v for k, v in logs.items() if k != "time"}  # noqa: E731
         assert strip(a.final) == strip(b.final) and a.test == b.test and a.path == b.path
+
+
+def test_an_executor_that_knows_its_size_shapes_the_seed_split(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradwell.experiment import runner
+
+    class Sized(ThreadPoolExecutor):
+        workers = 3
+
+    seen = []
+    original = runner.make_tasks
+    monkeypatch.setattr(runner, "make_tasks", lambda *a: seen.append(a[2]) or original(*a))
+    monkeypatch.setattr(runner, "execute", lambda task: [])  # the split is what is tested, not training
+    with Sized(1) as executor:
+        experiment.run(arms(), seeds=range(5), executor=executor)
+    assert seen == [3]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (gradwell[ray])")
+def test_a_ray_executor_counts_the_clusters_cpus():
+    with RayExecutor(num_cpus=3, include_dashboard=False) as executor:
+        assert executor.workers == 3

@@ -49,7 +49,8 @@ class RayExecutor(concurrent.futures.Executor):
                 ray.init(address=address or None, **init_options)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise GradwellError(f"cannot reach the Ray cluster at {address!r}: {error}") from None
-        log.info("Ray: %s CPUs in the cluster", ray.cluster_resources().get("CPU", 0))
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))  # tasks that run at once
+        log.info("Ray: %d CPUs in the cluster", self.workers)
         self.task = ray.remote(num_cpus=1)(in_worker)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:

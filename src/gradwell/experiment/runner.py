@@ -278,7 +278,8 @@ def run(
     Args:
         configs: Configs, TOML paths or functions of the seed, or a mapping label -> one of these.
         seeds: the seeds, shared by all configs so that they can be compared seed by seed.
-        workers: processes; None: one per core (at most one per run), 0 or 1: in this process.
+        workers: processes; None: one per core (at most one per run), or the `executor`'s
+            ``workers`` when it has them (a Ray cluster's CPUs); 0 or 1: in this process.
         evaluate: ``(model, dataset) -> {name: value}`` after training, recorded as extra
             metrics (a module-level function, so that worker processes can receive it).
         executor: a pool to reuse across experiments (see ``pool``); `workers` then only shapes
@@ -288,7 +289,10 @@ def run(
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise GradwellError("run needs at least one seed")
-    workers = default_workers(arms, len(arms) * len(seeds)) if workers is None else int(workers)
+    runs = len(arms) * len(seeds)
+    if workers is None:  # an executor that knows its size (a Ray cluster's CPUs) shapes the split
+        workers = min(executor.workers, runs) if hasattr(executor, "workers") else default_workers(arms, runs)
+    workers = int(workers)
     tasks, paths = make_tasks(arms, seeds, max(workers, 1), evaluate)
     started = time.perf_counter()
     if executor is None and workers > 1:
