@@ -1,6 +1,10 @@
-"""Shared test set-up: Keras on its torch backend, deterministic small thread pools."""
+"""Shared test set-up: Keras on its torch backend, deterministic small thread pools, and the
+command line run in a subprocess as a user runs it."""
 
 import os
+import subprocess
+import sys
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -8,6 +12,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 import torch
 from hypothesis import settings
+
+from gradwell.train import checkpoint
 
 torch.set_num_threads(1)
 
@@ -36,3 +42,28 @@ def rel_error(actual, expected) -> float:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+GRADWELL = (sys.executable, "-m", "gradwell")
+
+
+def quiet_env(**extra: str) -> dict[str, str]:
+    """A subprocess's environment: one torch thread (the suite runs processes side by side), and no
+    Python warnings on the stderr the tests read."""
+    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", **extra)
+
+
+def gradwell(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``gradwell ARGS`` in a subprocess, its output captured."""
+    env = env or quiet_env()
+    return subprocess.run([*GRADWELL, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def wait_for_a_new_checkpoint(process: subprocess.Popen, directory, timeout: float = 60) -> None:
+    """Until a checkpoint newer than those there now appears in `directory`, while `process` runs."""
+    seen = set(checkpoint.saved_steps(directory))
+    started = time.monotonic()
+    while not set(checkpoint.saved_steps(directory)) - seen:
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() - started < timeout
+        time.sleep(0.005)

@@ -1,13 +1,11 @@
 """The claims suite: every claim runs (at the tiny test scale) and reports every field."""
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import gradwell
 
 from gradwell.errors import GradwellError
 from gradwell.experiment.claims import (
@@ -71,28 +69,8 @@ def test_every_claim_runs_and_reports_its_fields():
 
 
 def test_claims_command_json(tmp_path):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gradwell",
-            "claims",
-            "--smoke",
-            "--json",
-            "--only",
-            "7",
-            "--only",
-            "clipping",
-            "--workers",
-            "0",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    command = ["claims", "--smoke", "--json", "--only", "7", "--only", "clipping", "--workers", "0"]
+    done = gradwell(*command, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     claims = json.loads(done.stdout)
     assert [c["name"] for c in claims] == ["clipping", "momentum"]

@@ -5,12 +5,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import GRADWELL, gradwell, quiet_env, wait_for_a_new_checkpoint
 
 TINY = """
 [data]
@@ -30,18 +29,6 @@ s = 100
 epochs = 2
 batch_size = 64
 """
-
-
-def gradwell(*args, cwd):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "gradwell", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 @pytest.fixture
@@ -138,16 +125,9 @@ def test_fold_a_trained_run_then_refuse_a_folder_that_is_not_one(tmp_path, tiny_
 
 
 def test_ctrl_c_stops_train_with_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_config):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "gradwell", "train", str(tiny_config), "--set", "train.epochs=1000"]
-    process = subprocess.Popen(
-        [*command, "--set", "output.name=cut"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
-    )
-    checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
-    started = time.monotonic()
-    while not (checkpoints.is_dir() and any(checkpoints.glob("*.safetensors"))):
-        assert process.poll() is None and time.monotonic() - started < 60
-        time.sleep(0.02)
+    command = [*GRADWELL, "train", str(tiny_config), "--set", "train.epochs=1000", "--set", "output.name=cut"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=quiet_env(), stderr=subprocess.PIPE, text=True)
+    wait_for_a_new_checkpoint(process, tmp_path / "runs" / "cut" / "checkpoints")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     err = " ".join(err.split())  # rich wraps to the terminal's width
@@ -160,24 +140,19 @@ def test_ctrl_c_stops_every_process_of_a_data_parallel_run_at_one_step_and_resum
 ):
     from safetensors.torch import load_file
 
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", COLUMNS="200")
-    train = [sys.executable, "-m", "gradwell", "train", "--nproc", "2", "--set", "output.progress=false"]
-    whole = subprocess.run(
-        [*train, str(tiny_config), "--set", "train.epochs=8", "--set", "output.name=whole"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    env = quiet_env(COLUMNS="200")
+    train = ["train", "--nproc", "2", "--set", "output.progress=false"]
+    epochs = ["--set", "train.epochs=8"]
+    whole = gradwell(*train, str(tiny_config), *epochs, "--set", "output.name=whole", cwd=tmp_path, env=env)
     assert whole.returncode == 0, whole.stderr
     # a terminal's Ctrl-C reaches gradwell and torchrun, which forwards it to the training processes
     process = subprocess.Popen(
-        [*train, str(tiny_config), "--set", "train.epochs=1000", "--set", "output.name=cut"],
+        [*GRADWELL, *train, str(tiny_config), "--set", "train.epochs=1000", "--set", "output.name=cut"],
         cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         start_new_session=True,
     )  # fmt: skip
     checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
-    started = time.monotonic()
-    while not (checkpoints.is_dir() and any(checkpoints.glob("*.safetensors"))):
-        assert process.poll() is None and time.monotonic() - started < 60
-        time.sleep(0.02)
+    wait_for_a_new_checkpoint(process, checkpoints)
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=90)
     assert process.returncode == 130
@@ -186,10 +161,7 @@ def test_ctrl_c_stops_every_process_of_a_data_parallel_run_at_one_step_and_resum
     steps = sorted(int(p.stem.removeprefix("step-")) for p in checkpoints.glob("*.safetensors"))
     assert steps[-1] == stopped  # written once, by process 0, where every process stopped
     assert stopped < 8 * 20  # before the uninterrupted run's end (digits: 20 steps an epoch)
-    resumed = subprocess.run(
-        [*train, "--resume", str(tmp_path / "runs" / "cut"), "--set", "train.epochs=8"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    resumed = gradwell(*train, "--resume", str(tmp_path / "runs" / "cut"), *epochs, cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
     expected = load_file(tmp_path / "runs" / "whole" / "model.safetensors")
     weights = load_file(tmp_path / "runs" / "cut" / "model.safetensors")

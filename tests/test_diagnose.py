@@ -3,9 +3,6 @@ them, the Monitor's sampling, the JSON schema and the command line."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 import warnings
 from collections import OrderedDict
 
@@ -13,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_error
+from conftest import gradwell, rel_error
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -665,18 +662,6 @@ def test_sigmoid_bn_scenario_trains_and_plots(tmp_path):
     path = result.report.plot(tmp_path / "doctor.png")
     assert path.stat().st_size > 10_000
     assert "stability doctor" in str(result.report)
-
-
-def gradwell(*args, cwd):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "gradwell", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 def test_cli_runs_every_scenario_with_json_and_plots(tmp_path):

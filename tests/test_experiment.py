@@ -3,11 +3,10 @@
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+from conftest import gradwell
 
 from gradwell import config as configs
 from gradwell.errors import GradwellError
@@ -167,27 +166,8 @@ def test_compare_command_with_worker_processes(tmp_path):
             for section, values in {**TINY, "model": model}.items()
         )
         (tmp_path / f"{name}.toml").write_text(text)
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    command = [
-        "compare",
-        "relu.toml",
-        "tanh.toml",
-        "--seeds",
-        "3",
-        "--workers",
-        "2",
-        "--out",
-        "cmp",
-        "--json",
-    ]
-    done = subprocess.run(
-        [sys.executable, "-m", "gradwell", *command],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    command = ["relu.toml", "tanh.toml", "--seeds", "3", "--workers", "2", "--out", "cmp", "--json"]
+    done = gradwell("compare", *command, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["seeds"] == [0, 1, 2] and set(out["configs"]) == {"relu", "tanh"}

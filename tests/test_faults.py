@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import quiet_env, wait_for_a_new_checkpoint
 from test_train import blobs
 from torch import nn
 
@@ -199,10 +200,9 @@ SCRIPT = textwrap.dedent(
 
 
 def start(script, checkpoints, weights):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.Popen(
         [sys.executable, str(script), str(checkpoints), str(weights)],
-        env=env,
+        env=quiet_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -222,15 +222,6 @@ def uninterrupted(tmp_path_factory):
     script = folder / "train.py"
     script.write_text(SCRIPT)
     return script, finish(script, folder / "checkpoints", folder / "weights.pt")
-
-
-def wait_for_a_new_checkpoint(process, checkpoints, timeout=60):
-    seen = set(ckpt.saved_steps(checkpoints))
-    started = time.monotonic()
-    while not set(ckpt.saved_steps(checkpoints)) - seen:
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() - started < timeout
-        time.sleep(0.005)
 
 
 def test_killed_with_sigkill_at_random_moments_then_resumed_gives_the_same_weights(tmp_path, uninterrupted):

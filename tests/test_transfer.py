@@ -2,14 +2,12 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from conftest import gradwell
 from torch import nn
 
 from gradwell import models, optim
@@ -329,15 +327,7 @@ def test_study_reuses_a_model_loaded_from_a_train_run_folder(tmp_path, study_con
 
 
 def test_the_transfer_command_runs_the_pipeline_over_seeds(tmp_path, study_config):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, "-m", "gradwell", "transfer", str(study_config), "--seeds", "2", "--json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = gradwell("transfer", str(study_config), "--seeds", "2", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert [run["seed"] for run in result["runs"]] == [0, 1]
