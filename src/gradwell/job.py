@@ -25,6 +25,7 @@ from typing import Any
 
 import tomli_w
 import torch
+from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 
@@ -306,4 +307,7 @@ def load_run(path: str | Path, weights: str = MODEL_FILE) -> TrainedRun:
 
 def written_folded(path: Path) -> bool:
     """Whether `gradwell fold` wrote these weights (``folded`` in the safetensors metadata)."""
-    return path.suffix == ".safetensors" and "folded" in checkpoint.read_metadata(path.read_bytes())
+    if path.suffix != ".safetensors":
+        return False
+    with safe_open(path, "pt") as file:  # the header alone, not the tensors again
+        return "folded" in (file.metadata() or {})

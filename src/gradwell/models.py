@@ -225,11 +225,15 @@ def check_self_normalizing(
     if any(isinstance(m, regular) and m.p > 0 for m in model.modules()):
         problems.append("regular dropout breaks SELU's self-normalization; use AlphaDropout")
     if l1 > 0 or l2 > 0:
-        problems.append(
-            f"l1={l1:g}, l2={l2:g}: weight penalties break SELU's self-normalization; "
-            "regularize with AlphaDropout instead"
-        )
+        problems.append(penalty_problem(l1, l2))
     return problems
+
+
+def penalty_problem(l1: float, l2: float) -> str:
+    return (
+        f"l1={l1:g}, l2={l2:g}: weight penalties break SELU's self-normalization; "
+        "regularize with AlphaDropout instead"
+    )
 
 
 def warn_if_not_self_normalizing(model: nn.Module, init: str | Initializer) -> None:
@@ -239,8 +243,8 @@ def warn_if_not_self_normalizing(model: nn.Module, init: str | Initializer) -> N
 
 def warn_if_penalties_break_self_normalization(model: nn.Module, l1: float, l2: float) -> None:
     """What l1/l2 add to a SELU model's problems (the builder warned about the model's own)."""
-    for problem in set(check_self_normalizing(model, l1=l1, l2=l2)) - set(check_self_normalizing(model)):
-        warnings.warn(problem, SelfNormalizationWarning, stacklevel=3)
+    if (l1 > 0 or l2 > 0) and any(isinstance(m, nn.SELU) for m in model.modules()):
+        warnings.warn(penalty_problem(l1, l2), SelfNormalizationWarning, stacklevel=3)
 
 
 def output_layer(in_features: int, out_features: int, init: str | Initializer, generator: Generator | None):

@@ -36,7 +36,7 @@ from gradwell.train.fastpath import (
 )
 from gradwell.train.fused import FusedStep, why_not_fused
 from gradwell.train.guard import Interrupted, explain_nonfinite, stop_on_sigint
-from gradwell.train.step import NONFINITE, PRECISIONS, Metrics, make_step
+from gradwell.train.step import Metrics, check_step_options, make_step
 
 log = logging.getLogger(__name__)
 
@@ -372,10 +372,7 @@ def check_fit_arguments(
     check_finite("l2", l2, low=0.0)
     if max_norm is not None:
         check_finite("max_norm", max_norm, low=0.0, low_open=True)
-    if precision not in PRECISIONS:
-        raise unknown_name("precision", precision, PRECISIONS)
-    if on_nonfinite not in NONFINITE:
-        raise unknown_name("on_nonfinite", on_nonfinite, NONFINITE)
+    check_step_options(precision, on_nonfinite)
 
 
 def check_data_fits_model(model: nn.Module, x: Tensor, y: Tensor, loss: Any) -> None:

@@ -90,10 +90,16 @@ class Metrics:
             getattr(self, name).copy_(state[name])
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for forward and loss, or nothing for fp32."""
+def check_step_options(precision: str, on_nonfinite: str) -> None:
+    """The names a step takes, checked before any step runs (by `make_step`, and by `fit` earlier)."""
     if precision not in PRECISIONS:
         raise unknown_name("precision", precision, PRECISIONS)
+    if on_nonfinite not in NONFINITE:
+        raise unknown_name("on_nonfinite", on_nonfinite, NONFINITE)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for forward and loss, or nothing for fp32 (a precision checked already)."""
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -126,9 +132,7 @@ def make_step(
     weights = regularized_weights(model) if l1 > 0 or l2 > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
     device = next(model.parameters()).device
-    autocast(device, precision)  # check the names now, not at the first step
-    if on_nonfinite not in NONFINITE:
-        raise unknown_name("on_nonfinite", on_nonfinite, NONFINITE)
+    check_step_options(precision, on_nonfinite)
 
     def step(x: Tensor, y: Tensor) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
