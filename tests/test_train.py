@@ -15,10 +15,10 @@ from gradwell.train import checkpoint as ckpt
 from gradwell.train.callbacks import MetricsLogger
 
 
-def blobs(n=256, features=8, classes=3, seed=0) -> Dataset:
-    """Gaussian blobs: separable enough that a small MLP learns them in a few epochs."""
+def blobs(n=256, features=8, classes=3, seed=0, spread=3.0) -> Dataset:
+    """Gaussian blobs around random centres `spread` apart: a small MLP learns them in a few epochs."""
     g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, features, generator=g) * 3
+    centers = torch.randn(classes, features, generator=g) * spread
 
     def split(count):
         y = torch.randint(0, classes, (count,), generator=g)

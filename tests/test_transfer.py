@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import gradwell
+from test_train import blobs as train_blobs
 from torch import nn
 
 from gradwell import models, optim
-from gradwell.data import Dataset, Split
+from gradwell.data import Dataset
 from gradwell.errors import CheckpointError, GradwellError
 from gradwell.experiment.transfer_study import load_study_config, study
 from gradwell.norm import BatchNorm
@@ -27,15 +28,8 @@ from gradwell.transfer import (
 
 
 def blobs(n=192, features=12, classes=3, seed=0) -> Dataset:
-    """Gaussian blobs around random centres: a small MLP learns them in a few epochs."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, features, generator=g) * 2
-
-    def split(count):
-        y = torch.randint(0, classes, (count,), generator=g)
-        return Split(centers[y] + torch.randn(count, features, generator=g), y)
-
-    return Dataset(split(n), split(n // 4), split(n // 4), classes, "blobs")
+    """test_train's blobs with the centres 2 apart and 12 features, the data these tests were set for."""
+    return train_blobs(n, features, classes, seed, spread=2.0)
 
 
 def model_a(seed=0, **options):
