@@ -431,3 +431,166 @@ def test_negative_slope(activation, slope):
 def test_bad_hyperparameters_raise(factory, message):
     with pytest.raises(GradwellError, match=message):
         factory()
+
+
+# the records: one per activation, every table derived from them ---------------------------------
+
+
+def test_the_derived_tables_are_the_ones_written_by_hand_before():
+    from gradwell import activations
+    from gradwell.diagnose.rules import DISPLAY
+    from gradwell.experiment.batched import ELEMENTWISE
+    from gradwell.init import RECOMMENDED
+
+    hand_written = (
+        (nn.ReLU, "relu"), (nn.LeakyReLU, "leaky_relu"), (nn.RReLU, "rrelu"), (nn.PReLU, "prelu"),
+        (nn.ELU, "elu"), (nn.SELU, "selu"), (GELU, "gelu"), (nn.GELU, "gelu"), (Swish, "swish"),
+        (nn.SiLU, "swish"), (nn.Mish, "mish"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"),
+        (nn.Softmax, "softmax"), (nn.Identity, "linear"),
+    )  # fmt: skip
+    assert hand_written == activations.MODULE_NAMES
+    assert list(ACTIVATIONS) == [
+        "relu", "leaky_relu", "rrelu", "prelu", "elu", "selu", "gelu", "gelu_tanh", "gelu_sigmoid",
+        "swish", "silu", "mish", "sigmoid", "tanh", "linear", "none",
+    ]  # fmt: skip
+    assert activations.ALIASES == {
+        "gelu_tanh": "gelu",
+        "gelu_sigmoid": "gelu",
+        "silu": "swish",
+        "none": "linear",
+    }
+    he = ("relu", "leaky_relu", "rrelu", "prelu", "elu", "gelu", "swish", "mish")
+    chapter = {
+        **dict.fromkeys(("linear", "sigmoid", "tanh", "softmax"), "glorot_uniform"),
+        **dict.fromkeys(he, "he_normal"),
+        "selu": "lecun_normal",
+    }
+    assert chapter == RECOMMENDED
+    assert DISPLAY == {
+        "relu": "ReLU", "leaky_relu": "leaky ReLU", "rrelu": "RReLU", "prelu": "PReLU", "elu": "ELU",
+        "selu": "SELU", "gelu": "GELU", "swish": "Swish", "mish": "Mish",
+    }  # fmt: skip
+    assert set(ELEMENTWISE) == {
+        nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+        nn.Tanh, nn.Softplus, nn.Identity, GELU, Swish,
+    }  # fmt: skip
+    with pytest.raises(GradwellError, match="unknown activation module CELU"):
+        activation_name(nn.CELU())  # declared for seed-batching, still without an init row
+
+
+def test_the_most_specific_record_covers_a_module():
+    from gradwell.activations import activation_info
+
+    assert activation_info(LeakyReLU()).name == "leaky_relu"  # gradwell's subclass of torch's
+    assert activation_info(nn.GELU()) is activation_info("gelu_tanh") is activation_info("gelu")
+    assert activation_info(nn.Conv1d(1, 1, 1)) is None and activation_info("nonsense") is None
+
+
+class ScaledTanh(nn.Module):
+    """s tanh(z): a toy activation gradwell does not know, with a fused kernel of its own."""
+
+    def __init__(self, scale: float = 1.7) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return self.scale * torch.tanh(x)
+
+
+def scaled_tanh_kernel(module):
+    from gradwell.activations import FusedKernel, ops
+
+    s = module.scale
+    # d(s tanh z)/dz = s (1 - tanh^2 z), from the output a = s tanh z: torch's tanh kernel on a / s
+    return FusedKernel(
+        lambda z: torch.tanh_(z).mul_(s), lambda g, z, a: ops.tanh_backward(g * s, a / s), False
+    )
+
+
+@pytest.fixture
+def scaled_tanh():
+    from gradwell.activations import ActivationInfo, register_activation, unregister_activation
+
+    info = register_activation(
+        ActivationInfo(
+            "scaled_tanh", (ScaledTanh,), "glorot_uniform", ScaledTanh, aliases={"stanh": ScaledTanh},
+            display="scaled tanh", fused=scaled_tanh_kernel, stackable=True,
+        )
+    )  # fmt: skip
+    yield info
+    unregister_activation(info.name)
+
+
+def test_one_registered_record_reaches_every_table(scaled_tanh):
+    from gradwell import activations
+    from gradwell.diagnose.rules import DISPLAY
+    from gradwell.experiment.batched import ELEMENTWISE, stack_problem
+    from gradwell.init import RECOMMENDED, recommended_init
+    from gradwell.train.fused import kernel
+
+    assert type(get_activation("stanh", scale=2.0)) is ScaledTanh
+    assert activation_name(ScaledTanh()) == activation_name("stanh") == "scaled_tanh"
+    assert recommended_init(ScaledTanh()) == RECOMMENDED["scaled_tanh"] == "glorot_uniform"
+    assert DISPLAY["scaled_tanh"] == "scaled tanh"
+    assert (ScaledTanh, "scaled_tanh") in activations.MODULE_NAMES and ScaledTanh in ELEMENTWISE
+    assert kernel(ScaledTanh()) is not None
+    net = nn.Sequential(nn.Linear(3, 4), ScaledTanh(), nn.Linear(4, 2))
+    assert stack_problem([net, nn.Sequential(nn.Linear(3, 4), ScaledTanh(), nn.Linear(4, 2))]) is None
+
+
+def test_registering_is_checked_and_undone():
+    from gradwell import activations
+    from gradwell.activations import ActivationInfo, register_activation, unregister_activation
+    from gradwell.init import RECOMMENDED
+
+    before = (dict(ACTIVATIONS), dict(RECOMMENDED), activations.MODULE_NAMES)
+    info = ActivationInfo("scaled_tanh", (ScaledTanh,), "glorot_uniform", ScaledTanh)
+    register_activation(info)
+    with pytest.raises(GradwellError, match="'scaled_tanh' is already declared"):
+        register_activation(ActivationInfo("scaled_tanh", (nn.Hardtanh,), "glorot_uniform"))
+    assert unregister_activation("scaled_tanh") is info
+    assert (dict(ACTIVATIONS), dict(RECOMMENDED), activations.MODULE_NAMES) == before
+    assert "scaled_tanh" not in activations.RECORDS and activations.activation_info(ScaledTanh()) is None
+    with pytest.raises(GradwellError, match="'silu' is already declared"):
+        register_activation(ActivationInfo("swish2", (ScaledTanh,), "he_normal", aliases={"silu": Swish}))
+    with pytest.raises(GradwellError, match="Tanh is already declared by activation 'tanh'"):
+        register_activation(ActivationInfo("tanh2", (nn.Tanh,), "glorot_uniform"))
+    with pytest.raises(GradwellError, match="no init"):
+        register_activation(ActivationInfo("scaled_tanh", (ScaledTanh,), factory=ScaledTanh))
+    with pytest.raises(GradwellError, match="built in"):
+        unregister_activation("relu")
+    with pytest.raises(GradwellError, match="unknown registered activation"):
+        unregister_activation("scaled_tanh")
+    assert activations.activation_info(ScaledTanh()) is None
+
+
+def test_a_registered_activation_trains_on_the_fused_path(scaled_tanh):
+    from gradwell import optim
+    from gradwell.data import Dataset, Split
+    from gradwell.train import fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 6, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    data = Dataset(Split(x, y), Split(x[:20], y[:20]), Split(x[:0], y[:0]), 3, "toy")
+
+    def run(fast):
+        torch.manual_seed(0)  # the same Linear initialization for both runs
+        model = nn.Sequential(
+            nn.Linear(6, 16), ScaledTanh(), nn.Linear(16, 8), ScaledTanh(1.2), nn.Linear(8, 3)
+        ).double()
+        optimizer = optim.create("adam", model.parameters(), lr=0.01)
+        history = fit(
+            model, data, optimizer=optimizer, epochs=3, batch_size=16, fast=fast, device="cpu", progress=False
+        )
+        return model, history
+
+    eager_model, eager = run(False)
+    model, fused = run(True)
+    assert fused.path.startswith("training path: fused-mlp"), fused.path
+    assert eager.path.startswith("training path: eager")
+    for a, b in zip(eager.epochs, fused.epochs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-10)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-10)
+    for value, other in zip(eager_model.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.allclose(value, other, rtol=1e-10, atol=1e-12)

@@ -1,5 +1,6 @@
 """Seed-batched training equals training each seed alone with gradwell.train.fit (float64)."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -146,3 +147,29 @@ def test_unsupported_models_and_options_are_named():
         )
     with pytest.raises(GradwellError, match="one model per seed"):
         fit_seeds([models.mlp(12, 4, [8])], data, seeds=[0, 1], optimizer=None, epochs=1)
+
+
+class PerTensorSGD(optim.SGD):
+    """Stands for LAMB or LARS, whose trust ratio is per tensor: declares it is not elementwise."""
+
+    elementwise = False
+
+
+def test_an_optimizer_without_an_elementwise_update_is_refused(data):
+    reason = (
+        "PerTensorSGD does not declare an elementwise update (gradwell.optim.is_elementwise): "
+        "seed-batched training would apply it to the K seeds' stacked tensors at once"
+    )
+    together = [build(s) for s in SEEDS]
+    assert stack_problem(together, optimizer=PerTensorSGD) == reason
+    assert stack_problem(together, optimizer=PerTensorSGD(together[0].parameters(), lr=0.1)) == reason
+    assert stack_problem(together, optimizer=torch.optim.Adam) is None
+    with pytest.raises(GradwellError, match=re.escape(reason)):
+        fit_seeds(
+            together,
+            data,
+            seeds=SEEDS,
+            optimizer=lambda net: PerTensorSGD(net.parameters(), lr=0.05),
+            epochs=1,
+            batch_size=16,
+        )

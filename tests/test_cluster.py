@@ -39,7 +39,7 @@ def test_ray_tasks_give_the_same_results_as_the_local_process_pool():
 def test_an_executor_that_knows_its_size_shapes_the_seed_split(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from gradwell.experiment import runner
+    from gradwell.experiment import runner, workers
 
     class Sized(ThreadPoolExecutor):
         workers = 3
@@ -47,7 +47,7 @@ def test_an_executor_that_knows_its_size_shapes_the_seed_split(monkeypatch):
     seen = []
     original = runner.make_tasks
     monkeypatch.setattr(runner, "make_tasks", lambda *a: seen.append(a[2]) or original(*a))
-    monkeypatch.setattr(runner, "execute", lambda task: [])  # the split is what is tested, not training
+    monkeypatch.setattr(workers, "execute", lambda task: [])  # the split is what is tested, not training
     with Sized(1) as executor:
         experiment.run(arms(), seeds=range(5), executor=executor)
     assert seen == [3]

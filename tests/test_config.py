@@ -2,8 +2,8 @@
 
 import pytest
 
+from gradwell import build, job
 from gradwell import config as configs
-from gradwell import job
 from gradwell.errors import ConfigError, GradwellError
 
 
@@ -93,9 +93,8 @@ def test_missing_file_and_bad_overrides():
     ],
 )
 def test_errors_surface_in_prepare_before_any_training(tmp_path, override, message):
-    config = configs.load(None, ["data.name=digits", f"output.dir={tmp_path}", override])
-    with pytest.raises(GradwellError, match=message):
-        job.run(config)
+    with pytest.raises(GradwellError, match=message):  # [train] values already as the config is read
+        job.run(configs.load(None, ["data.name=digits", f"output.dir={tmp_path}", override]))
     assert not any(tmp_path.iterdir())
 
 
@@ -111,7 +110,7 @@ def test_the_default_onecycle_ends_at_its_lowest_rate_not_below_zero():
     from gradwell.train import fit
 
     config = configs.load(None, ["data.name=digits", "model.depth=2", "model.width=16", "train.epochs=2"])
-    prepared = job.prepare(config)
+    prepared = build.prepare(config)
     history = fit(
         prepared.model,
         prepared.dataset,
@@ -131,5 +130,5 @@ def test_the_example_configs_are_valid(name):
 
     path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.toml"
     config = configs.load(path, ["data.num_samples=200"])
-    prepared = job.prepare(config)
+    prepared = build.prepare(config)
     assert sum(p.numel() for p in prepared.model.parameters()) > 0

@@ -726,3 +726,30 @@ def test_diagnose_config_at_initialization():
     config = configs.from_dict({"data": {"name": "digits"}, "model": {"depth": 3, "width": 16}})
     report = diagnose_config(config)
     assert report.history is None and [layer.name for layer in report.layers][-1] == "output"
+
+
+def test_diagnose_epochs_trains_with_every_train_key_and_a_schedule_spanning_those_epochs(monkeypatch):
+    import dataclasses
+
+    from gradwell import build
+    from gradwell.diagnose import diagnose_config
+    from gradwell.train import EarlyStopping
+
+    seen = {}
+    real_fit = build.fit
+
+    def spy(model, data, **kwargs):
+        seen.update(kwargs)
+        return real_fit(model, data, **kwargs)
+
+    monkeypatch.setattr(build, "fit", spy)
+    keys = ["train.epochs=7", "train.batch_size=128", "train.precision=bf16", "train.on_nonfinite=skip",
+            "train.fast=false", "train.early_stopping=3", "train.l2=0.001", "train.max_norm=3.0"]  # fmt: skip
+    config = configs.load(None, ["data.name=digits", "model.depth=2", "model.width=16", *keys])
+    config = dataclasses.replace(config, output=dataclasses.replace(config.output, progress=False))
+    report = diagnose_config(config, epochs=2)
+    assert seen["options"] == dataclasses.replace(config.train, epochs=2)  # every [train] key but epochs
+    samples = len(build.load_data(config).train)
+    assert seen["scheduler"].total_steps == 2 * -(-samples // 128)  # 1cycle over the 2 epochs trained
+    assert any(isinstance(callback, EarlyStopping) for callback in seen["callbacks"])
+    assert report.history is not None

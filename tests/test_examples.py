@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gradwell import build
 from gradwell import config as configs
-from gradwell import job
 from gradwell.data import split_by_classes
 from gradwell.experiment import summarize
 from gradwell.experiment.transfer_study import load_study_config
@@ -39,7 +39,7 @@ def test_every_example_config_loads_as_written(path):
 def test_the_transfer_case_study_builds_task_a_on_eight_classes_and_task_b_on_two():
     config, options = load_study_config(STUDY, ["data.num_samples=2000"])  # 10,000 take seconds to make
     assert (options.classes_a, options.classes_b, options.limit_train) == (list(range(8)), [8, 9], 200)
-    dataset = job.load_data(config)
+    dataset = build.load_data(config)
     task_a, task_b = split_by_classes(
         dataset, options.classes_a, options.classes_b, limit_train=options.limit_train, seed=config.train.seed
     )
@@ -50,7 +50,7 @@ def test_the_transfer_case_study_builds_task_a_on_eight_classes_and_task_b_on_tw
         assert len(task.test) == expected  # every test sample of its classes, and no other
     assert len(task_b.train) == 200
     assert len(task_a.train) == sum(int((dataset.train.y == c).sum()) for c in range(8))
-    model_a = job.build_model(config, task_a)
+    model_a = build.build_model(config, task_a)
     assert model_a(task_a.test.x).shape == (len(task_a.test), 8)
     b_on_a = reuse(model_a, options.drop_top, task_b.num_classes, generator=torch.Generator().manual_seed(0))
     assert b_on_a(task_b.train.x).shape == (200, 2)

@@ -10,8 +10,10 @@ from conftest import gradwell
 
 from gradwell import config as configs
 from gradwell.errors import GradwellError
-from gradwell.experiment import Results, RunRecord, run, runner, write_report
-from gradwell.experiment.runner import execute, labelled, make_tasks, metric_value, seed_chunks, train_single
+from gradwell.experiment import Results, RunRecord, run, workers, write_report
+from gradwell.experiment.execution import execute, train_single
+from gradwell.experiment.records import metric_value
+from gradwell.experiment.runner import labelled, make_tasks, seed_chunks
 
 TINY = {
     "data": {"name": "digits"},
@@ -125,7 +127,7 @@ def dies_on_seed_one(seed):
 
 def test_a_worker_that_dies_fails_its_own_run_and_no_other(monkeypatch):
     fork = multiprocessing.get_context("fork")  # spawn would import torch afresh in every worker
-    monkeypatch.setattr(runner, "pool", lambda workers: ProcessPoolExecutor(workers, mp_context=fork))
+    monkeypatch.setattr(workers, "pool", lambda count: ProcessPoolExecutor(count, mp_context=fork))
     results = run({"a": dies_on_seed_one}, seeds=[0, 1, 2, 3], workers=2)
     assert {r.seed: r.status for r in results.records} == {0: "ok", 1: "failed", 2: "ok", 3: "ok"}
     assert "BrokenProcessPool" in next(r.error for r in results.records if r.seed == 1)

@@ -13,8 +13,10 @@ from test_train import blobs
 
 from gradwell import models, optim
 from gradwell.train import fit
-from gradwell.train.fastpath import GraphedStep, choose_path, prepare_for_capture, restore_after_capture
-from gradwell.train.step import Metrics, make_step
+from gradwell.train.cuda_graph import GraphedStep, prepare_for_capture, restore_after_capture
+from gradwell.train.options import TrainOptions
+from gradwell.train.paths import choose
+from gradwell.train.step import Metrics, StepContext, make_step
 
 CUDA = torch.device("cuda")
 
@@ -22,6 +24,15 @@ CUDA = torch.device("cuda")
 def model_and_optimizer(name="nadam", **options):
     model = models.mlp(8, 3, hidden=[16, 16], batchnorm="before", generator=torch.Generator().manual_seed(0))
     return model, optim.create(name, model.parameters(), **options)
+
+
+def choose_path(device, optimizer, scheduler, fast=True):
+    """The path `fit` would choose for the test model on `device` (no CUDA call is made)."""
+    options = TrainOptions(epochs=1, fast=fast)
+    sample = (torch.zeros(32, 8), torch.zeros(32, dtype=torch.long))
+    context = StepContext(models.mlp(8, 3, hidden=[4], batchnorm="before"), optimizer, scheduler,
+                          Metrics(torch.device("cpu")), options, device, sample)  # fmt: skip
+    return choose(context)[0]
 
 
 def test_path_choice_says_why():

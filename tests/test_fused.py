@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from gradwell import models, optim
+from gradwell.activations import ELU, GELU, LeakyReLU, PReLU, RReLU, Swish
 from gradwell.data import Dataset, Split
 from gradwell.train import fit
-from gradwell.train.fused import FusedStep, plan, why_not_fused
+from gradwell.train.fused import FusedStep, kernel, plan, why_not_fused
 from gradwell.train.step import Metrics
 
 ACTIVATIONS = [
@@ -187,3 +188,70 @@ def test_what_the_fused_step_does_not_take_is_named():
     assert "several parameter groups" in why_not_fused(model, optim.create("adam", groups))
     model.hidden1.linear.weight.requires_grad_(False)
     assert "frozen" in why_not_fused(model, optimizer)
+
+
+class ReLUSubclass(nn.ReLU):
+    """A subclass may compute another function: not fused, as before the activation records."""
+
+
+class IdentitySubclass(nn.Identity):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("module", "fused"),
+    [
+        (nn.ReLU(), True), (ReLUSubclass(), False), (LeakyReLU(0.1), True), (nn.LeakyReLU(0.3), True),
+        (RReLU(), False), (PReLU(), False), (ELU(0.5), True), (nn.ELU(), True), (nn.SELU(), True),
+        (nn.CELU(), False), (nn.Sigmoid(), True), (nn.Tanh(), True), (GELU(), True),
+        (GELU("tanh"), True), (GELU("sigmoid"), False), (nn.GELU(approximate="tanh"), True),
+        (Swish(), True), (Swish(1.5), False), (Swish(learnable=True), False), (nn.SiLU(), True),
+        (nn.Mish(), True), (nn.Softplus(), False), (nn.Softmax(-1), False), (nn.Identity(), True),
+        (IdentitySubclass(), True), (nn.Linear(2, 2), False),
+    ],
+    ids=repr,
+)  # fmt: skip
+def test_kernel_fuses_the_modules_it_always_did(module, fused, generator):
+    found = kernel(module)
+    assert (found is not None) == fused
+    if found is None:
+        return
+    z = torch.randn(6, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    expected = module(z)
+    expected.backward(grad)
+    a = found.forward(z.detach().clone())
+    assert torch.allclose(a, expected, rtol=1e-12, atol=1e-14)
+    dz = found.backward(grad, z.detach() if found.needs_z else None, a)
+    assert torch.allclose(dz, z.grad, rtol=1e-12, atol=1e-14)
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD scaled per tensor by ||w|| / ||g|| (You et al., 2017): a per-tensor update."""
+
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    trust = p.norm() / p.grad.norm().clamp(min=1e-12)
+                    p.sub_(group["lr"] * trust * p.grad)
+
+
+def test_a_per_tensor_optimizer_trains_eagerly_and_says_why(caplog):
+    reason = (
+        "LARS does not declare an elementwise update (gradwell.optim.is_elementwise): "
+        "the fused step would apply it to one flat tensor"
+    )
+    model = mlp("relu")
+    assert why_not_fused(model, LARS(model.parameters())) == reason
+    with caplog.at_level("INFO", logger="gradwell.train"):
+        history = fit(
+            model, blobs64(), optimizer=LARS(model.parameters(), lr=0.01), epochs=1, batch_size=16,
+            device="cpu", progress=False,
+        )  # fmt: skip
+    assert history.path.startswith("training path: eager") and reason in history.path
+    assert reason in caplog.text

@@ -1,4 +1,4 @@
-"""gradwell.inference.fold_run and gradwell.job.load_run: a trained run folded, checked, reloaded."""
+"""gradwell.inference.fold_run and gradwell.run_folder.load_run: a trained run folded, checked, reloaded."""
 
 import pytest
 import torch
@@ -8,6 +8,7 @@ from gradwell import inference, job
 from gradwell.errors import CheckpointError, GradwellError
 from gradwell.fold import fold_batchnorm
 from gradwell.norm import BatchNorm
+from gradwell.run_folder import load_run
 
 
 def train_run(directory, batchnorm="before"):
@@ -24,7 +25,7 @@ def trained(tmp_path_factory):
 
 
 def test_load_run_rebuilds_the_trained_model(trained):
-    loaded = job.load_run(trained.run_dir)
+    loaded = load_run(trained.run_dir)
     assert loaded.config == configs.load(trained.run_dir / "config.toml")
     for name, tensor in trained.model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor.cpu()), name
@@ -39,7 +40,7 @@ def test_fold_run_writes_weights_that_reload_folded_and_compute_the_same(trained
     assert result.test[0]["accuracy"] == pytest.approx(result.test[1]["accuracy"], abs=1e-3)
     assert result.latency[0] > 0 and result.latency[1] > 0
 
-    reloaded = job.load_run(trained.run_dir, weights=str(out))  # any path
+    reloaded = load_run(trained.run_dir, weights=str(out))  # any path
     assert not any(isinstance(m, BatchNorm) for m in reloaded.model.modules())
     x = trained.dataset.test.x.cpu()
     model = trained.model.cpu().eval()
@@ -74,9 +75,9 @@ def test_a_run_without_batchnorm_folds_nothing_and_says_so(tmp_path):
 
 def test_load_run_names_what_is_missing(trained, tmp_path):
     with pytest.raises(CheckpointError, match=r"needs config\.toml and model\.safetensors"):
-        job.load_run(tmp_path)
+        load_run(tmp_path)
     with pytest.raises(CheckpointError, match=r"needs config\.toml and other\.safetensors"):
-        job.load_run(trained.run_dir, weights="other.safetensors")
+        load_run(trained.run_dir, weights="other.safetensors")
 
 
 def test_diagnose_probes_a_run_folders_trained_model(trained):

@@ -1,9 +1,7 @@
 import itertools
-import json
 import math
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -11,14 +9,7 @@ from torch import nn
 
 from gradwell.errors import GradwellError
 from gradwell.init import INITIALIZERS
-from gradwell.models import (
-    SelfNormalizationWarning,
-    check_self_normalizing,
-    cnn,
-    hidden_blocks,
-    mlp,
-    summary,
-)
+from gradwell.models import cnn, hidden_blocks, mlp, summary
 from gradwell.norm import BatchNorm
 
 # expected Var[w] of each initializer, written from the papers' formulas, and whether it is normal
@@ -221,36 +212,6 @@ def test_dropout_and_alpha_dropout():
     assert type(mlp(12, 3, [8], dropout=0.1, alpha_dropout=True).hidden1.dropout) is nn.AlphaDropout
 
 
-def test_selu_network_without_problems_does_not_warn():
-    model = quiet(in_features=30, out_features=3, depth=5, width=16, activation="selu", dropout=0.1)
-    assert check_self_normalizing(model) == []
-    quiet(in_features=30, out_features=3, hidden=[8], activation="selu", init="lecun_uniform")
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"init": "he_normal"}, "LeCun"),
-        ({"init": "torch"}, "LeCun"),
-        ({"batchnorm": "before"}, "batch normalization"),
-        ({"input_batchnorm": True}, "batch normalization"),
-        ({"dropout": 0.2, "alpha_dropout": False}, "AlphaDropout"),
-    ],
-)
-def test_selu_network_breaking_a_condition_warns(kwargs, match):
-    with pytest.warns(SelfNormalizationWarning, match=match):
-        mlp(30, 3, [16, 16], activation="selu", **kwargs)
-
-
-def test_check_self_normalizing_lists_penalties_and_ignores_other_activations():
-    model = quiet(in_features=30, out_features=3, hidden=[16], activation="selu")
-    assert len(check_self_normalizing(model, l1=0.0, l2=1e-4)) == 1
-    assert len(check_self_normalizing(model, init="he_uniform", l1=1e-3)) == 2
-    assert check_self_normalizing(mlp(30, 3, [16], batchnorm="before", dropout=0.5), l2=0.1) == []
-    with pytest.warns(SelfNormalizationWarning):
-        cnn((40,), 3, [4], activation="selu", batchnorm="after")
-
-
 @pytest.mark.parametrize(
     ("in_shape", "kwargs", "conv", "channels", "batch"),
     [
@@ -313,114 +274,3 @@ def test_cnn_auto_init_counts_the_receptive_field(generator):
 def test_cnn_bad_input_raises(in_shape, kwargs):
     with pytest.raises(GradwellError):
         cnn(in_shape, 3, **kwargs)
-
-
-def keras_counts(layers):
-    import keras
-
-    model = keras.Sequential([keras.Input((28, 28)), *layers])
-    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
-    return trainable, non_trainable
-
-
-def test_summary_counts_match_keras_for_the_chapters_batchnorm_model():
-    import keras
-
-    model = mlp((28, 28), 10, [300, 100], batchnorm="after", input_batchnorm=True)
-    result = summary(model, (28, 28))
-    expected = keras_counts(
-        [
-            keras.layers.Flatten(),
-            keras.layers.BatchNormalization(),
-            keras.layers.Dense(300, activation="relu"),
-            keras.layers.BatchNormalization(),
-            keras.layers.Dense(100, activation="relu"),
-            keras.layers.BatchNormalization(),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    assert (result.trainable, result.non_trainable) == expected
-    rows = {row.name: row for row in result.rows}
-    assert (rows["input_norm"].trainable, rows["input_norm"].non_trainable) == (2 * 784, 2 * 784)
-    assert rows["hidden1.linear"].trainable == 784 * 300 + 300
-    assert rows["hidden1.norm"].output_shape == (None, 300) and rows["output"].output_shape == (None, 10)
-    assert f"{result.total:,}" in str(result) and "hidden2.norm" in str(result)
-    assert json.loads(json.dumps(result.to_dict()))["total"] == result.total
-
-
-def test_summary_counts_without_bias_before_batchnorm_match_keras():
-    import keras
-
-    model = mlp((28, 28), 10, [300, 100], batchnorm="before")
-    expected = keras_counts(
-        [
-            keras.layers.Flatten(),
-            keras.layers.Dense(300, use_bias=False),
-            keras.layers.BatchNormalization(),
-            keras.layers.Activation("relu"),
-            keras.layers.Dense(100, use_bias=False),
-            keras.layers.BatchNormalization(),
-            keras.layers.Activation("relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-    result = summary(model)
-    assert (result.trainable, result.non_trainable) == expected
-    assert result.rows[0].output_shape == (None, 784) and result.rows[-1].output_shape == (None, 10)
-
-
-def test_summary_counts_frozen_parameters_and_shared_ones_once():
-    model = mlp(10, 4, [6])
-    model.hidden1.linear.weight.requires_grad_(False)
-    result = summary(model)
-    assert (result.trainable, result.non_trainable) == (6 + 4 * 6 + 4, 60)
-    tied = nn.Sequential(nn.Linear(5, 5), nn.Linear(5, 5))
-    tied[1].weight = tied[0].weight
-    assert summary(tied).total == 25 + 5 + 5
-
-
-def test_summary_has_no_side_effects():
-    model = mlp(12, 3, [8], batchnorm="after", dropout=0.5, input_batchnorm=True)
-    model.train()
-    model(torch.randn(32, 12))
-    model.hidden1.eval()
-    modes = {name: m.training for name, m in model.named_modules()}
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    example = torch.randn(4, 12)
-    rng = torch.get_rng_state()
-    summary(model, example)
-    assert modes == {name: m.training for name, m in model.named_modules()}
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    assert torch.equal(rng, torch.get_rng_state())
-
-
-def test_summary_of_a_lazy_model_needs_an_example():
-    model = nn.Sequential(nn.LazyLinear(7), nn.ReLU())
-    with pytest.raises(GradwellError, match="example"):
-        summary(model)
-    assert summary(model, (5,)).trainable == 5 * 7 + 7
-
-
-def test_fit_warns_once_that_penalties_break_self_normalization():
-    from gradwell import optim
-    from gradwell.data import Dataset, Split
-    from gradwell.train import fit
-
-    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
-    data = Dataset(Split(x, y), Split(x[:8], y[:8]), Split(x[:8], y[:8]), 3, "random")
-    model = mlp(6, 3, [8, 8], activation="selu", dropout=0.1)
-    with pytest.warns(SelfNormalizationWarning) as caught:
-        fit(model, data, optimizer=optim.create("sgd", model.parameters()), epochs=1, l2=1e-3, progress=False)
-    messages = [str(w.message) for w in caught if w.category is SelfNormalizationWarning]
-    assert len(messages) == 1 and messages[0].startswith("l1=0, l2=0.001: weight penalties break SELU's")
-
-
-def test_summary_uses_the_input_shape_the_builders_record():
-    dense = mlp((4, 5), 3, [8], batchnorm="before")
-    conv = cnn((2, 12), 3, channels=[4])
-    assert dense.input_shape == (4, 5) and conv.input_shape == (2, 12)
-    for model in (dense, conv):
-        shown = summary(model)
-        assert shown == summary(model, model.input_shape)
-        assert shown.rows[-1].output_shape == (None, 3)

@@ -11,7 +11,19 @@ import torch
 from conftest import rel_error
 
 from gradwell.errors import GradwellError
-from gradwell.optim import OPTIMIZERS, SGD, AdaGrad, Adam, AdaMax, AdamW, Nadam, RMSProp, create, schedule
+from gradwell.optim import (
+    OPTIMIZERS,
+    SGD,
+    AdaGrad,
+    Adam,
+    AdaMax,
+    AdamW,
+    GradwellOptimizer,
+    Nadam,
+    RMSProp,
+    create,
+    schedule,
+)
 
 F64 = torch.float64
 
@@ -538,3 +550,82 @@ def test_each_optimizer_converges_within_its_budget(name, generator):
         return create(name, params, lr=quad_lr, **decay)
 
     assert steps_to(gap_and_grad, start, optimizer, target, quad_budget) is not None
+
+
+# elementwise updates: what the fused MLP step and seed-batched training rely on ----------------
+
+
+class TrustRatioSGD(GradwellOptimizer):
+    """SGD scaled per tensor by ||w|| / ||g|| (LARS, You et al., 2017): not elementwise."""
+
+    elementwise = False
+
+    def __init__(self, params, lr=0.01):
+        super().__init__(params, {"lr": lr})
+
+    def update(self, tensors, lr, group):
+        for p, g in zip(tensors["params"], tensors["grads"], strict=True):
+            p.sub_(g, alpha=lr * float(p.norm() / g.norm().clamp(min=1e-12)))
+
+
+class SubclassedTorchSGD(torch.optim.SGD):
+    """A subclass of torch's SGD may change the update: undeclared, it is not taken as elementwise."""
+
+
+class DeclaredTorchSGD(torch.optim.SGD):
+    elementwise = True
+
+
+def test_optimizers_declare_whether_their_update_is_elementwise():
+    from gradwell.optim import TORCH_ELEMENTWISE, is_elementwise
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert all(is_elementwise(create(name, params)) for name in OPTIMIZERS)
+    assert all(is_elementwise(cls) for cls in (SGD, AdaGrad, RMSProp, Adam, AdaMax, Nadam, AdamW))
+    names = (
+        "SGD",
+        "Adam",
+        "AdamW",
+        "NAdam",
+        "RAdam",
+        "Adamax",
+        "Adagrad",
+        "Adadelta",
+        "RMSprop",
+        "Rprop",
+        "ASGD",
+    )
+    assert {getattr(torch.optim, name) for name in names} == set(TORCH_ELEMENTWISE)
+    assert is_elementwise(torch.optim.Adam(params, lr=0.1))
+    assert not is_elementwise(torch.optim.LBFGS(params)) and not is_elementwise(torch.optim.SparseAdam)
+    assert not is_elementwise(TrustRatioSGD(params, lr=0.1)) and not is_elementwise(TrustRatioSGD)
+    assert not is_elementwise(SubclassedTorchSGD(params, lr=0.1)) and is_elementwise(DeclaredTorchSGD)
+
+
+def elementwise_cases():
+    from gradwell.optim import TORCH_ELEMENTWISE
+
+    yield from ((name, lambda p, name=name: create(name, p, lr=0.01)) for name in OPTIMIZERS)
+    yield from ((cls.__name__, lambda p, cls=cls: cls(p, lr=0.01)) for cls in TORCH_ELEMENTWISE)
+    yield "TrustRatioSGD", TrustRatioSGD
+
+
+@pytest.mark.parametrize(
+    ("name", "factory"), list(elementwise_cases()), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_an_elementwise_update_of_one_flat_tensor_is_that_of_its_pieces_only(name, factory, generator):
+    # what declaring elementwise promises: the fused step's one flat tensor trains as the pieces
+    shapes = ((3, 2), (4,))
+    pieces = [torch.nn.Parameter(torch.randn(s, generator=generator, dtype=F64)) for s in shapes]
+    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in pieces]))
+    separate, together = factory(pieces), factory([flat])
+    for _ in range(4):
+        grads = [torch.randn(s, generator=generator, dtype=F64) for s in shapes]
+        for p, g in zip(pieces, grads, strict=True):
+            p.grad = g
+        flat.grad = torch.cat([g.reshape(-1) for g in grads])
+        separate.step()
+        together.step()
+    error = rel_error(flat.detach(), torch.cat([p.detach().reshape(-1) for p in pieces]))
+    # a per-tensor rule is why an optimizer must declare it: one flat tensor trains differently
+    assert error > 1e-3 if factory is TrustRatioSGD else error < 1e-12, name

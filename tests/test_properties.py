@@ -11,10 +11,9 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from gradwell import build
 from gradwell import config as configs
-from gradwell import job
 from gradwell.errors import GradwellError
-from gradwell.train import fit
 
 junk = st.one_of(
     st.none(),
@@ -84,23 +83,13 @@ def test_a_config_trains_or_fails_with_a_gradwell_error(model, optimizer, schedu
     }
     try:
         config = configs.from_dict(raw)
-        config.train.epochs = min(config.train.epochs, 1) if isinstance(config.train.epochs, int) else 1
-        prepared = job.prepare(config)
-        history = fit(
-            prepared.model,
-            prepared.dataset,
-            optimizer=prepared.optimizer,
-            scheduler=prepared.scheduler,
-            callbacks=job.early_stopping(config.train),
-            device=prepared.device,
-            progress=False,
-            **job.fit_options(config.train),
-        )
+        prepared = build.prepare(config, epochs=1)
+        history = prepared.fit(progress=False)
     except GradwellError as error:
         event(f"refused: {type(error).__name__}")
         assert str(error)
         return
     event("trained")
-    assert len(history.epochs) == config.train.epochs
+    assert len(history.epochs) == prepared.config.train.epochs
     assert all(math.isfinite(v) or k == "loss" for k, v in history.epochs[-1].items())
     assert torch.is_tensor(next(prepared.model.parameters()))

@@ -13,6 +13,7 @@ from gradwell.activations import (
     ELU,
     GELU,
     SELU,
+    ActivationInfo,
     LeakyReLU,
     Mish,
     PReLU,
@@ -22,6 +23,7 @@ from gradwell.activations import (
     Swish,
     Tanh,
     get_activation,
+    register_activation,
 )
 from gradwell.clip import clip_by_global_norm_, clip_by_norm_, clip_by_value_
 from gradwell.data import Dataset, Split, load, split_by_classes, standardize
@@ -45,7 +47,7 @@ from gradwell.norm import BatchNorm
 from gradwell.optim import SGD, AdaGrad, Adam, AdaMax, AdamW, Nadam, RMSProp
 from gradwell.pretrain import RBM, autoencoder, auxiliary, greedy_layerwise
 from gradwell.regularize import l1_l2_penalty, max_norm_, mc_dropout_predict
-from gradwell.train import Callback, EarlyStopping, History, evaluate, fit
+from gradwell.train import Callback, EarlyStopping, History, TrainOptions, evaluate, fit
 from gradwell.transfer import clone, fine_tune, freeze, layerwise_lr, reuse, unfreeze
 
 __version__ = "0.1.0"
@@ -56,6 +58,7 @@ __all__ = [
     "RBM",
     "SELU",
     "SGD",
+    "ActivationInfo",
     "AdaGrad",
     "AdaMax",
     "Adam",
@@ -83,6 +86,7 @@ __all__ = [
     "Split",
     "Swish",
     "Tanh",
+    "TrainOptions",
     "__version__",
     "autoencoder",
     "auxiliary",
@@ -119,6 +123,7 @@ __all__ = [
     "probe",
     "recommended_init",
     "recommended_initializer",
+    "register_activation",
     "reuse",
     "split_by_classes",
     "standardize",

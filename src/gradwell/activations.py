@@ -3,11 +3,18 @@
 torch's kernels are reused wherever torch has the function (ReLU, leaky ReLU, RReLU, PReLU, ELU,
 SELU, exact and tanh GELU, SiLU, Mish); gradwell adds what torch lacks: the chapter's defaults,
 the sigmoid approximation of GELU and Swish with a fixed or learnable beta.
+
+What gradwell knows about each activation (its names, module classes, recommended initializer,
+display name, fused-step kernel and whether seeds can share it) is one `ActivationInfo` record;
+every table that other modules read is derived from the records, and `register_activation` adds
+one more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +41,9 @@ class LeakyReLU(nn.LeakyReLU):
 
     alpha defaults to 0.2: Xu et al. (2015) found a large leak to beat 0.01, the chapter follows
     them. torch defaults to 0.01 and Keras's layer to 0.3.
+
+    >>> LeakyReLU()(torch.tensor([-1.0, 2.0]))
+    tensor([-0.2000,  2.0000])
     """
 
     def __init__(self, alpha: float = 0.2, inplace: bool = False) -> None:
@@ -48,6 +58,9 @@ class RReLU(nn.RReLU):
     """Randomized leaky ReLU: slope ~ U(lower, upper) per element in training, their mean in eval.
 
     Defaults 1/8 and 1/3 as in Xu et al. (2015), who found the randomness acts as a regularizer.
+
+    >>> RReLU().eval()(torch.tensor([-24.0, 1.0]))  # in eval, the mean slope (1/8 + 1/3) / 2
+    tensor([-5.5000,  1.0000])
     """
 
     def __init__(self, lower: float = 1.0 / 8, upper: float = 1.0 / 3, inplace: bool = False) -> None:
@@ -63,6 +76,10 @@ class PReLU(nn.PReLU):
 
     Initial alpha 0.25 as in He et al. (2015) and torch; Keras starts from 0 with one alpha per
     element.
+
+    >>> act = PReLU(num_parameters=3)  # one alpha per channel of (N, 3) inputs
+    >>> act(torch.full((2, 3), -4.0))[0].detach(), act.weight.shape
+    (tensor([-1., -1., -1.]), torch.Size([3]))
     """
 
     def __init__(self, num_parameters: int = 1, init: float = 0.25) -> None:
@@ -72,7 +89,11 @@ class PReLU(nn.PReLU):
 
 
 class ELU(nn.ELU):
-    """ELU_alpha(z) = z if z > 0 else alpha (exp(z) - 1) (Clevert et al., 2015); alpha 1 is smooth at 0."""
+    """ELU_alpha(z) = z if z > 0 else alpha (exp(z) - 1) (Clevert et al., 2015); alpha 1 is smooth at 0.
+
+    >>> ELU()(torch.tensor([-100.0, 0.0, 2.0]))  # saturates at -alpha for very negative z
+    tensor([-1.,  0.,  2.])
+    """
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
         super().__init__(check_finite("ELU alpha", alpha, low=0.0), inplace)
@@ -95,7 +116,13 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
 
 
 class GELU(nn.Module):
-    """The Gaussian error linear unit, exact (default) or with the tanh or sigmoid approximation."""
+    """The Gaussian error linear unit, exact (default) or with the tanh or sigmoid approximation.
+
+    >>> z = torch.linspace(-3, 3, 61)
+    >>> error = {form: float((GELU(form)(z) - GELU()(z)).abs().max()) for form in ("tanh", "sigmoid")}
+    >>> error["tanh"] < 1e-3, error["sigmoid"] < 0.03  # about 5e-4 and 2e-2
+    (True, True)
+    """
 
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
@@ -129,6 +156,12 @@ class Swish(nn.Module):
 
     beta = 1 (SiLU, torch's kernel) by default. A learnable beta lets each layer move between a
     near-linear unit (beta -> 0) and ReLU (beta -> inf); no other library offers it.
+
+    >>> Swish()(torch.tensor([1.0]))  # 1 * sigmoid(1)
+    tensor([0.7311])
+    >>> act = Swish(learnable=True, num_parameters=3)  # one beta per channel
+    >>> act(torch.randn(2, 3, 5)).shape, act.beta.shape
+    (torch.Size([2, 3, 5]), torch.Size([3]))
     """
 
     def __init__(self, beta: float = 1.0, learnable: bool = False, num_parameters: int = 1) -> None:
@@ -153,31 +186,302 @@ class Swish(nn.Module):
         return f"beta={self.beta}"
 
 
-ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
-    "relu": ReLU,
-    "leaky_relu": LeakyReLU,  # alpha 0.2: Xu et al. (2015) found a large leak better
-    "rrelu": RReLU,
-    "prelu": PReLU,
-    "elu": ELU,
-    "selu": SELU,
-    "gelu": GELU,
-    "gelu_tanh": lambda: GELU("tanh"),
-    "gelu_sigmoid": lambda: GELU("sigmoid"),
-    "swish": Swish,
-    "silu": Swish,
-    "mish": Mish,
-    "sigmoid": Sigmoid,
-    "tanh": Tanh,
+# The fused MLP step's kernels (gradwell.train.fused): a forward and torch's own backward kernel
+# per activation, so the step can skip autograd for the hidden layers.
+ops = torch.ops.aten
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+class FusedKernel(NamedTuple):
+    """An activation as gradwell.train.fused runs it: a forward and a backward, by hand.
+
+    ``backward(grad, z, a)`` maps d loss / d a to d loss / d z from the pre-activation z (None
+    unless `needs_z`) and the output a. When the backward needs only a, the forward may work in
+    place on z, saving an allocation per layer.
+    """
+
+    forward: Callable[[Tensor], Tensor]
+    backward: Callable[[Tensor, Tensor | None, Tensor], Tensor]
+    needs_z: bool
+
+
+def exactly(
+    cls: type[nn.Module],
+    forward: Callable[[Tensor], Tensor],
+    backward: Callable[[Tensor, Tensor | None, Tensor], Tensor],
+    needs_z: bool,
+) -> Callable[[nn.Module], FusedKernel | None]:
+    """A fused kernel for modules of exactly `cls`: a subclass may compute another function."""
+    found = FusedKernel(forward, backward, needs_z)
+    return lambda module: found if type(module) is cls else None
+
+
+def selu_backward(grad: Tensor, a: Tensor) -> Tensor:
+    """SELU's backward from its output: torch's ELU backward kernel with SELU's alpha and scale."""
+    return ops.elu_backward(grad, SELU_ALPHA, SELU_SCALE, 1.0, True, a)
+
+
+IDENTITY_KERNEL = FusedKernel(lambda z: z, lambda g, z, a: g, False)
+SILU_KERNEL = FusedKernel(F.silu, lambda g, z, a: ops.silu_backward(g, z), True)
+
+
+def leaky_relu_kernel(module: nn.Module) -> FusedKernel:
+    slope = module.negative_slope
+    return FusedKernel(
+        lambda z: F.leaky_relu(z, slope), lambda g, z, a: ops.leaky_relu_backward(g, z, slope, False), True
+    )
+
+
+def elu_kernel(module: nn.Module) -> FusedKernel:
+    alpha = module.alpha
+    return FusedKernel(
+        lambda z: F.elu_(z, alpha), lambda g, z, a: ops.elu_backward(g, alpha, 1.0, 1.0, True, a), False
+    )
+
+
+def gelu_kernel(module: nn.Module) -> FusedKernel | None:
+    """Exact and tanh GELU; torch has no backward kernel for the sigmoid form."""
+    approximate = module.approximate
+    if approximate not in ("none", "tanh"):
+        return None
+    return FusedKernel(
+        lambda z: F.gelu(z, approximate=approximate),
+        lambda g, z, a: ops.gelu_backward(g, z, approximate=approximate),
+        True,
+    )
+
+
+def swish_kernel(module: nn.Module) -> FusedKernel | None:
+    """SiLU's kernel, for nn.SiLU and a fixed Swish with beta 1 (a learnable beta needs autograd)."""
+    if type(module) is nn.SiLU or (isinstance(module, Swish) and not module.learnable and module.beta == 1.0):
+        return SILU_KERNEL
+    return None
+
+
+@dataclass(frozen=True)
+class ActivationInfo:
+    """Everything gradwell knows about one activation, declared once.
+
+    The name tables (ACTIVATIONS, ALIASES, MODULE_NAMES, gradwell.init.RECOMMENDED, the doctor's
+    display names), the fused step's kernels and the seed-batched path's elementwise modules are
+    all derived from these records, so adding an activation is one record (`register_activation`)
+    and no optional table can be forgotten.
+
+    Attributes:
+        name: the canonical name (a key of gradwell.init.RECOMMENDED when `init` is set).
+        modules: the module classes it covers, subclasses included unless a record of their own
+            lists them (the most specific record wins).
+        init: the name of the initializer the chapter recommends (a key of
+            gradwell.init.INITIALIZERS); None where gradwell has no row for it, which leaves its
+            modules unknown to recommended_init. A name only, so that this module never imports
+            gradwell.init (init derives its table from these records).
+        factory: builds the module for ``get_activation(name, **options)``; None for a class torch
+            has and gradwell gives no name of its own (nn.Softmax, nn.CELU, nn.Softplus).
+        aliases: other names get_activation accepts, each with its factory; they resolve to `name`.
+        display: the name the doctor writes (gradwell.diagnose.rules); None writes `name`.
+        fused: the fused MLP step's kernel for a module it covers, returning None where the
+            module's settings rule it out; None when there is no kernel at all.
+        stackable: parameter-free and elementwise, so that K seeds can share one module applied
+            to (K, B, F) inputs (gradwell.experiment.batched); a module that has parameters or
+            buffers is refused there all the same.
+
+    >>> info = activation_info("selu")
+    >>> info.init, info.display, info.stackable, info.fused(nn.SELU()) is not None
+    ('lecun_normal', 'SELU', True, True)
+    """
+
+    name: str
+    modules: tuple[type[nn.Module], ...]
+    init: str | None = None
+    factory: Callable[..., nn.Module] | None = None
+    aliases: Mapping[str, Callable[..., nn.Module]] = field(default_factory=dict)
+    display: str | None = None
+    fused: Callable[[nn.Module], FusedKernel | None] | None = None
+    stackable: bool = False
+
+
+# He normal and LeCun normal as the chapter writes them for the non-saturating activations; Keras's
+# default (Glorot uniform) for the saturating ones, softmax and none.
+BUILTIN: tuple[ActivationInfo, ...] = (
+    ActivationInfo(
+        "relu", (nn.ReLU,), "he_normal", ReLU, display="ReLU", stackable=True,
+        fused=exactly(nn.ReLU, torch.relu_, lambda g, z, a: ops.threshold_backward(g, a, 0), False),
+    ),
+    # alpha 0.2: Xu et al. (2015) found a large leak better
+    ActivationInfo(
+        "leaky_relu", (nn.LeakyReLU,), "he_normal", LeakyReLU, display="leaky ReLU",
+        fused=leaky_relu_kernel, stackable=True,
+    ),
+    # random slopes (RReLU) and learned ones (PReLU): neither a fixed kernel nor shareable by seeds
+    ActivationInfo("rrelu", (nn.RReLU,), "he_normal", RReLU, display="RReLU"),
+    ActivationInfo("prelu", (nn.PReLU,), "he_normal", PReLU, display="PReLU"),
+    ActivationInfo("elu", (nn.ELU,), "he_normal", ELU, display="ELU", fused=elu_kernel, stackable=True),
+    ActivationInfo(
+        "selu", (nn.SELU,), "lecun_normal", SELU, display="SELU", stackable=True,
+        fused=exactly(nn.SELU, torch.selu_, lambda g, z, a: selu_backward(g, a), False),
+    ),
+    ActivationInfo(
+        "gelu", (GELU, nn.GELU), "he_normal", GELU, display="GELU", fused=gelu_kernel, stackable=True,
+        aliases={"gelu_tanh": lambda: GELU("tanh"), "gelu_sigmoid": lambda: GELU("sigmoid")},
+    ),
+    ActivationInfo(
+        "swish", (Swish, nn.SiLU), "he_normal", Swish, aliases={"silu": Swish}, display="Swish",
+        fused=swish_kernel, stackable=True,
+    ),
+    ActivationInfo(
+        "mish", (nn.Mish,), "he_normal", Mish, display="Mish", stackable=True,
+        fused=exactly(nn.Mish, F.mish, lambda g, z, a: ops.mish_backward(g, z), True),
+    ),
+    ActivationInfo(
+        "sigmoid", (nn.Sigmoid,), "glorot_uniform", Sigmoid, stackable=True,
+        fused=exactly(nn.Sigmoid, torch.sigmoid_, lambda g, z, a: ops.sigmoid_backward(g, a), False),
+    ),
+    ActivationInfo(
+        "tanh", (nn.Tanh,), "glorot_uniform", Tanh, stackable=True,
+        fused=exactly(nn.Tanh, torch.tanh_, lambda g, z, a: ops.tanh_backward(g, a), False),
+    ),
+    # an output layer's normalization over a dimension: a name for the initialization table only
+    ActivationInfo("softmax", (nn.Softmax,), "glorot_uniform"),
     # nn.Identity swallows any argument: wrapped so that options given to "linear" raise
-    "linear": lambda: nn.Identity(),
-    "none": lambda: nn.Identity(),
-}
+    ActivationInfo(
+        "linear", (nn.Identity,), "glorot_uniform", lambda: nn.Identity(),
+        aliases={"none": lambda: nn.Identity()}, fused=lambda module: IDENTITY_KERNEL, stackable=True,
+    ),
+    # torch's, with no name or initialization row in gradwell: shareable by seeds all the same
+    ActivationInfo("celu", (nn.CELU,), stackable=True),
+    ActivationInfo("softplus", (nn.Softplus,), stackable=True),
+)  # fmt: skip
+
+# Derived from the records, kept current in place by register_activation (so that an import of
+# any of them stays true); change them only through it.
+RECORDS: dict[str, ActivationInfo] = {}  # canonical name -> record, in declaration order
+ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {}  # every name get_activation takes
+ALIASES: dict[str, str] = {}  # alias -> canonical name
+RECOMMENDED_INIT: dict[str, str] = {}  # canonical name -> initializer name (gradwell.init.RECOMMENDED)
+DISPLAY_NAMES: dict[str, str] = {}  # canonical name -> the doctor's name (gradwell.diagnose.rules)
+BY_MODULE: dict[type[nn.Module], ActivationInfo] = {}  # module class -> its record
+
+
+def derive() -> None:
+    """Rebuild every derived table from RECORDS, in place."""
+    for table in (ACTIVATIONS, ALIASES, RECOMMENDED_INIT, DISPLAY_NAMES, BY_MODULE):
+        table.clear()
+    for info in RECORDS.values():
+        if info.factory is not None:
+            ACTIVATIONS[info.name] = info.factory
+        ACTIVATIONS.update(info.aliases)
+        ALIASES.update(dict.fromkeys(info.aliases, info.name))
+        if info.init is not None:
+            RECOMMENDED_INIT[info.name] = info.init
+        if info.display is not None:
+            DISPLAY_NAMES[info.name] = info.display
+        BY_MODULE.update(dict.fromkeys(info.modules, info))
+
+
+def register_activation(info: ActivationInfo) -> ActivationInfo:
+    """Declare a new activation: its name, modules, initializer and kernels, in one record.
+
+    From then on get_activation, recommended_init, the doctor, the fused MLP step and seed-batched
+    training all know it. Names and module classes already declared are refused: one record per
+    activation. A record with a name of its own (a factory or aliases) needs an `init`, since
+    gradwell's builders initialize every layer by its activation. `unregister_activation` undoes it.
+
+    >>> class Square(nn.Module):
+    ...     def forward(self, z: Tensor) -> Tensor:
+    ...         return z * z
+    >>> info = register_activation(ActivationInfo("square", (Square,), init="glorot_uniform", factory=Square))
+    >>> from gradwell.init import recommended_init
+    >>> type(get_activation("square")).__name__, recommended_init("square"), activation_name(Square())
+    ('Square', 'glorot_uniform', 'square')
+    >>> unregister_activation("square").name
+    'square'
+    """
+    if not isinstance(info, ActivationInfo):
+        raise GradwellError(f"register_activation takes an ActivationInfo; got {type(info).__name__}")
+    taken = [n for n in (info.name, *info.aliases) if n in RECORDS or n in ACTIVATIONS]
+    if taken:
+        raise GradwellError(f"activation name {taken[0]!r} is already declared; unregister it first")
+    if not info.modules or not all(isinstance(c, type) and issubclass(c, nn.Module) for c in info.modules):
+        raise GradwellError(
+            f"activation {info.name!r} needs one or more nn.Module classes; got {info.modules!r}"
+        )
+    covered = [c for c in info.modules if c in BY_MODULE]
+    if covered:
+        owner = BY_MODULE[covered[0]].name
+        raise GradwellError(f"{covered[0].__name__} is already declared by activation {owner!r}")
+    if (info.factory is not None or info.aliases) and info.init is None:
+        raise GradwellError(
+            f"activation {info.name!r} has a name for get_activation but no init to build it with"
+        )
+    RECORDS[info.name] = info
+    derive()
+    return info
+
+
+def unregister_activation(name: str) -> ActivationInfo:
+    """Remove the record `name` added by register_activation (built-in records stay)."""
+    if any(info.name == name for info in BUILTIN):
+        raise GradwellError(f"activation {name!r} is built in and cannot be unregistered")
+    if name not in RECORDS:
+        builtin = {info.name for info in BUILTIN}
+        raise unknown_name("registered activation", name, [n for n in RECORDS if n not in builtin])
+    info = RECORDS.pop(name)
+    derive()
+    return info
+
+
+def register_builtins() -> None:
+    for info in BUILTIN:
+        register_activation(info)
+
+
+register_builtins()
+
+
+def activation_info(activation: str | nn.Module) -> ActivationInfo | None:
+    """The record of an activation name (or alias) or module, None when there is none.
+
+    A module's record is that of the most specific class in its type's method resolution order
+    that a record lists, so a subclass with a record of its own gets that one.
+    """
+    if isinstance(activation, nn.Module):
+        return next((BY_MODULE[c] for c in type(activation).__mro__ if c in BY_MODULE), None)
+    if not isinstance(activation, str):
+        return None
+    return RECORDS.get(ALIASES.get(activation, activation))
+
+
+def module_names() -> tuple[tuple[type[nn.Module], str], ...]:
+    """(module class, canonical name) of every record in the initialization table."""
+    return tuple(
+        (cls, info.name) for info in RECORDS.values() if info.init is not None for cls in info.modules
+    )
+
+
+def stackable_modules() -> tuple[type[nn.Module], ...]:
+    """The module classes seed-batched training may share across seeds (parameter-free, elementwise)."""
+    return tuple(cls for info in RECORDS.values() if info.stackable for cls in info.modules)
+
+
+def __getattr__(name: str) -> Any:
+    # MODULE_NAMES is derived on each access, so that it includes registered records
+    if name == "MODULE_NAMES":
+        return module_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_activation(spec: str | nn.Module | None, **options: float) -> nn.Module:
     """A fresh activation module for a name in ACTIVATIONS; modules pass through unchanged.
 
-    `options` go to the module's constructor, e.g. ``get_activation("leaky_relu", alpha=0.01)``.
+    `options` go to the module's constructor.
+
+    >>> get_activation("leaky_relu", alpha=0.01)
+    LeakyReLU(negative_slope=0.01)
+    >>> get_activation("relu6")
+    Traceback (most recent call last):
+        ...
+    gradwell.errors.GradwellError: unknown activation 'relu6' (did you mean 'relu'?); valid: relu, ...
     """
     if isinstance(spec, nn.Module):
         return spec
@@ -193,42 +497,23 @@ def get_activation(spec: str | nn.Module | None, **options: float) -> nn.Module:
         raise GradwellError(f"bad options {options} for activation {spec!r}: {error}") from None
 
 
-# Module classes to the canonical names used by the initialization table; gradwell's classes
-# subclass torch's where both exist, so one entry covers both.
-MODULE_NAMES: tuple[tuple[type[nn.Module], str], ...] = (
-    (nn.ReLU, "relu"),
-    (nn.LeakyReLU, "leaky_relu"),
-    (nn.RReLU, "rrelu"),
-    (nn.PReLU, "prelu"),
-    (nn.ELU, "elu"),
-    (nn.SELU, "selu"),
-    (GELU, "gelu"),
-    (nn.GELU, "gelu"),
-    (Swish, "swish"),
-    (nn.SiLU, "swish"),
-    (nn.Mish, "mish"),
-    (nn.Sigmoid, "sigmoid"),
-    (nn.Tanh, "tanh"),
-    (nn.Softmax, "softmax"),
-    (nn.Identity, "linear"),
-)
-ALIASES = {"gelu_tanh": "gelu", "gelu_sigmoid": "gelu", "silu": "swish", "none": "linear"}
-
-
 def activation_name(activation: str | nn.Module | None) -> str:
     """The canonical name (a key of gradwell.init.RECOMMENDED) of an activation name or module."""
     if activation is None:
         return "linear"
     if isinstance(activation, nn.Module):
-        for cls, name in MODULE_NAMES:
-            if isinstance(activation, cls):
-                return name
-        valid = ", ".join(sorted({cls.__name__ for cls, _ in MODULE_NAMES}))
-        raise GradwellError(f"unknown activation module {type(activation).__name__}; known: {valid}")
+        info = activation_info(activation)
+        if info is None or info.init is None:
+            valid = ", ".join(sorted({cls.__name__ for cls, _ in module_names()}))
+            raise GradwellError(f"unknown activation module {type(activation).__name__}; known: {valid}")
+        return info.name
     if activation in ALIASES:
         return ALIASES[activation]
-    if activation not in ACTIVATIONS and activation != "softmax":
-        raise unknown_name("activation", activation, [*ACTIVATIONS, "softmax"])
+    if activation not in ACTIVATIONS and activation not in RECOMMENDED_INIT:
+        # names without a factory of their own (softmax) are valid here, for the init table
+        raise unknown_name(
+            "activation", activation, [*ACTIVATIONS, *(n for n in RECOMMENDED_INIT if n not in ACTIVATIONS)]
+        )
     return activation
 
 

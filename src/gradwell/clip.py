@@ -40,6 +40,11 @@ def clip_by_value_(tensors: Tensors, clip_value: float) -> None:
     """Clamp every element to [-clip_value, clip_value] in place (Keras ``clipvalue``).
 
     Cheap, but changes the gradient's direction: [0.9, 100.0] clipped at 1 becomes [0.9, 1.0].
+
+    >>> grad = torch.tensor([0.9, 100.0])
+    >>> clip_by_value_(grad, 1.0)
+    >>> grad
+    tensor([0.9000, 1.0000])
     """
     clip_value = check_finite("clip_value", clip_value, low=0.0, low_open=True)
     grads = gradients(tensors)
@@ -72,6 +77,12 @@ def clip_by_norm_(tensors: Tensors, max_norm: float) -> list[Tensor]:
     """Rescale each tensor on its own so its L2 norm is at most `max_norm` (Keras ``clipnorm``).
 
     Returns each tensor's norm before clipping, as 0-d tensors on its device, in float32 or wider.
+
+    >>> grads = [torch.tensor([0.9, 100.0]), torch.tensor([0.3, 0.4])]
+    >>> clip_by_norm_(grads, 1.0)  # the norms before
+    [tensor(100.0041), tensor(0.5000)]
+    >>> grads  # the first keeps its direction, the second is inside the bound
+    [tensor([0.0090, 1.0000]), tensor([0.3000, 0.4000])]
     """
     max_norm = check_finite("max_norm", max_norm, low=0.0, low_open=True)
     grads = gradients(tensors)
@@ -96,6 +107,12 @@ def clip_by_global_norm_(tensors: Tensors, max_norm: float) -> Tensor:
 
     g <- g * max_norm / max(global_norm, max_norm) (Pascanu et al., 2013). Returns the global norm
     before clipping as a 0-d tensor.
+
+    >>> grads = [torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])]
+    >>> clip_by_global_norm_(grads, 1.0)
+    tensor(5.)
+    >>> grads
+    [tensor([0.6000, 0.0000]), tensor([0.0000, 0.8000])]
     """
     max_norm = check_finite("max_norm", max_norm, low=0.0, low_open=True)
     grads = gradients(tensors)

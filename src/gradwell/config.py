@@ -30,24 +30,29 @@ from pathlib import Path
 from typing import Any
 
 from gradwell.errors import ConfigError, closest
+from gradwell.train.callbacks import EarlyStopping
+from gradwell.train.options import TrainOptions
 
 
-@dataclass
-class TrainConfig:
+@dataclass(frozen=True)
+class TrainConfig(TrainOptions):
+    """The [train] section: `fit`'s options (gradwell.train.TrainOptions) with the job's defaults,
+    plus where to train and when to stop early. Checked when made, as every TrainOptions is."""
+
     epochs: int = 15
     batch_size: int = 64  # small enough for many updates per epoch, large enough to keep BN statistics stable
-    seed: int = 0
-    loss: str = "cross_entropy"
-    l1: float = 0.0
-    l2: float = 0.0
-    max_norm: float | None = None
+    loss: str = "cross_entropy"  # a name: a config cannot hold a function
     early_stopping: int | None = None  # patience in epochs on val_loss; None trains every epoch
     device: str = "auto"  # "auto" picks CUDA when available
-    on_nonfinite: str = "stop"  # or "skip": see gradwell.train.fit
-    precision: str = "fp32"  # or "bf16" autocast
-    fast: bool = True  # the CUDA-graph path where it applies
-    compile: bool = False  # torch.compile the forward pass
-    sync_batchnorm: bool = False  # data-parallel runs: BatchNorm statistics over all processes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.early_stopping is not None:
+            EarlyStopping(patience=self.early_stopping)  # its own check of the patience
+
+    def callbacks(self) -> list[EarlyStopping]:
+        """The section's early stopping, as a callback list (empty without early_stopping)."""
+        return [EarlyStopping(patience=self.early_stopping)] if self.early_stopping is not None else []
 
 
 @dataclass

@@ -14,19 +14,49 @@ from typing import Any
 
 
 class GradwellError(ValueError):
-    """Base class of every error gradwell raises on bad input."""
+    """Base class of every error gradwell raises on bad input.
+
+    >>> from gradwell import optim
+    >>> optim.create("adamm", [])
+    Traceback (most recent call last):
+        ...
+    gradwell.errors.GradwellError: unknown optimizer 'adamm' (did you mean 'adam'?); valid: sgd, ...
+    >>> issubclass(GradwellError, ValueError)
+    True
+    """
 
 
 class ConfigError(GradwellError):
-    """A configuration key, type or value is invalid."""
+    """A configuration key, type or value is invalid.
+
+    >>> from gradwell.train import EarlyStopping
+    >>> EarlyStopping(patience=0)
+    Traceback (most recent call last):
+        ...
+    gradwell.errors.ConfigError: EarlyStopping patience must be a positive int; got 0
+    """
 
 
 class DataError(GradwellError):
-    """A dataset is missing, malformed or inconsistent (file, row and column named)."""
+    """A dataset is missing, malformed or inconsistent (file, row and column named).
+
+    >>> from gradwell.data import load
+    >>> load("mnist")
+    Traceback (most recent call last):
+        ...
+    gradwell.errors.DataError: unknown dataset 'mnist' (did you mean 'mnist1d'?); valid: mnist1d, ...
+    """
 
 
 class CheckpointError(GradwellError):
-    """A checkpoint is missing, corrupted or belongs to a different architecture."""
+    """A checkpoint is missing, corrupted or belongs to a different architecture.
+
+    >>> from gradwell.train import checkpoint
+    >>> checkpoint.load("runs/missing.safetensors")
+    Traceback (most recent call last):
+        ...
+    gradwell.errors.CheckpointError: checkpoint runs/missing.safetensors does not exist
+    """
 
 
 class NonFiniteError(GradwellError):
@@ -34,6 +64,19 @@ class NonFiniteError(GradwellError):
 
     ``doctor``, when set (``gradwell.job.run`` sets it), is the stability doctor's report on the
     model as it stood before the step that went non-finite.
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from gradwell import data, optim, train
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.randn(32, 4)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> too_high = optim.SGD(model.parameters(), lr=1e38)
+    >>> train.fit(model, SimpleNamespace(train=data.Split(x, (x[:, 0] > 0).long())), optimizer=too_high,
+    ...           epochs=3, progress=False)
+    Traceback (most recent call last):
+        ...
+    gradwell.errors.NonFiniteError: training became non-finite at step 1 (epoch 2): ...
     """
 
     doctor: Any = None

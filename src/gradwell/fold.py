@@ -149,10 +149,15 @@ def fold_batchnorm(model: nn.Module, strict: bool = False) -> nn.Module:
     A BatchNorm that cannot be folded stays, and each one is named with the reason in a
     `FoldWarning`, or in one GradwellError when `strict` is True.
 
-    Example::
-
-        model = nn.Sequential(nn.Linear(4, 8), BatchNorm(8), nn.ReLU(), BatchNorm(8), nn.Linear(8, 2))
-        fast = fold_batchnorm(model)  # Linear, Identity, ReLU, Identity, Linear
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 8), BatchNorm(8), nn.ReLU(), BatchNorm(8), nn.Linear(8, 2))
+    >>> _ = model(torch.randn(16, 4))  # training: the moving statistics move
+    >>> fast = fold_batchnorm(model)
+    >>> [type(layer).__name__ for layer in fast]
+    ['Linear', 'Identity', 'ReLU', 'Identity', 'Linear']
+    >>> x = torch.randn(5, 4)
+    >>> torch.allclose(fast(x), model.eval()(x), atol=1e-6)
+    True
     """
     if not isinstance(model, nn.Module):
         raise GradwellError(

@@ -10,7 +10,7 @@ It then times one forward pass of each at the given batch size (batch 1 by defau
 of serving one request, where removing a pass over the activations per BatchNorm shows most) with
 ``torch.utils.benchmark``, which warms up, picks the number of calls per sample and reports the
 median. The weights are written next to the run's own, as ``model_folded.safetensors`` with
-``folded`` in their metadata, so `gradwell.job.load_run` rebuilds the folded architecture.
+``folded`` in their metadata, so `gradwell.run_folder.load_run` rebuilds the folded architecture.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-from gradwell import job
 from gradwell.errors import GradwellError
 from gradwell.fold import BATCH_NORMS, FoldWarning, fold_batchnorm
-from gradwell.train.loop import evaluate
+from gradwell.run_folder import load_run, save_weights
+from gradwell.train.losses import evaluate
 
 FOLDED_FILE = "model_folded.safetensors"
 
@@ -72,7 +72,7 @@ def fold_run(
             rounding over a deep network stays orders of magnitude below the default.
         min_run_time: seconds of timed calls per model (torch.utils.benchmark's blocked_autorange).
     """
-    run = job.load_run(run_dir)
+    run = load_run(run_dir)
     trained = run.model.eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FoldWarning)
@@ -92,7 +92,7 @@ def fold_run(
     x = test.x[:batch_size]
     latency = (seconds_per_call(trained, x, min_run_time), seconds_per_call(folded, x, min_run_time))
     path = Path(out) if out is not None else run.run_dir / FOLDED_FILE
-    job.save_weights(folded, path, metadata={"folded": "true", "run": str(run.run_dir)})
+    save_weights(folded, path, metadata={"folded": "true", "run": str(run.run_dir)})
     return FoldResult(
         path=path,
         folded=[

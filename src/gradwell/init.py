@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Generator, Tensor, nn
 
+from gradwell.activations import RECOMMENDED_INIT, activation_name, negative_slope
 from gradwell.errors import GradwellError, check_finite, unknown_name
 
 MODES = ("fan_in", "fan_out", "fan_avg")
@@ -73,6 +74,11 @@ def variance_scaling_(
     - ``uniform``: U(-r, r) with r = sqrt(3 sigma^2).
 
     Keras's name ``untruncated_normal`` is accepted for ``normal``.
+
+    >>> conv = torch.empty(64, 32, 3, 3)  # fan_out = 64 * 3 * 3
+    >>> w = variance_scaling_(conv, 2.0, "fan_out", "truncated_normal", torch.Generator().manual_seed(0))
+    >>> round(float(w.var() * 64 * 9), 1)
+    2.0
     """
     check_floating(tensor)
     scale = check_finite("scale", scale, low=0.0, low_open=True)
@@ -102,6 +108,10 @@ def glorot_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor
 
     Keeps forward and backward variances equal on average for linear, tanh, sigmoid and softmax
     layers. Untruncated; Keras truncates its ``GlorotNormal``.
+
+    >>> w = glorot_normal_(torch.empty(256, 512), torch.Generator().manual_seed(0))
+    >>> round(float(w.var() * (512 + 256) / 2), 1)  # Var[w] fan_avg
+    1.0
     """
     return variance_scaling_(tensor, 1.0, "fan_avg", "normal", generator)
 
@@ -110,6 +120,10 @@ def glorot_uniform_(tensor: Tensor, generator: Generator | None = None) -> Tenso
     """Fill `tensor` from U(-r, r), r = sqrt(3 / fan_avg), in place (Glorot and Bengio, 2010).
 
     Keras's default kernel initializer; torch's ``xavier_uniform_`` is the same distribution.
+
+    >>> w = glorot_uniform_(torch.empty(256, 512), torch.Generator().manual_seed(0))
+    >>> round(float(w.var() * 384), 1), bool(w.abs().max() <= math.sqrt(3 / 384))  # fan_avg 384
+    (1.0, True)
     """
     return variance_scaling_(tensor, 1.0, "fan_avg", "uniform", generator)
 
@@ -119,12 +133,21 @@ def he_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
 
     The factor 2 compensates for ReLU zeroing half of its inputs. Untruncated, like torch's
     ``kaiming_normal_``; Keras truncates its ``HeNormal``.
+
+    >>> w = he_normal_(torch.empty(256, 512), torch.Generator().manual_seed(0))  # (out, in)
+    >>> round(float(w.var() * 512), 1)  # Var[w] fan_in
+    2.0
     """
     return variance_scaling_(tensor, 2.0, "fan_in", "normal", generator)
 
 
 def he_uniform_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
-    """Fill `tensor` from U(-r, r), r = sqrt(6 / fan_in), in place (He et al., 2015)."""
+    """Fill `tensor` from U(-r, r), r = sqrt(6 / fan_in), in place (He et al., 2015).
+
+    >>> w = he_uniform_(torch.empty(256, 512), torch.Generator().manual_seed(0))
+    >>> round(float(w.var() * 512), 1), bool(w.abs().max() <= math.sqrt(6 / 512))
+    (2.0, True)
+    """
     return variance_scaling_(tensor, 2.0, "fan_in", "uniform", generator)
 
 
@@ -133,12 +156,21 @@ def lecun_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
 
     The initialization that keeps a SELU network self-normalizing (Klambauer et al., 2017).
     The distribution is untruncated, as the chapter states; Keras truncates its "normal".
+
+    >>> w = lecun_normal_(torch.empty(256, 512), torch.Generator().manual_seed(0))
+    >>> round(float(w.var() * 512), 1)  # Var[w] fan_in
+    1.0
     """
     return variance_scaling_(tensor, 1.0, "fan_in", "normal", generator)
 
 
 def lecun_uniform_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
-    """Fill `tensor` from U(-r, r), r = sqrt(3 / fan_in), in place (LeCun et al., 1998)."""
+    """Fill `tensor` from U(-r, r), r = sqrt(3 / fan_in), in place (LeCun et al., 1998).
+
+    >>> w = lecun_uniform_(torch.empty(256, 512), torch.Generator().manual_seed(0))
+    >>> round(float(w.var() * 512), 1), bool(w.abs().max() <= math.sqrt(3 / 512))
+    (1.0, True)
+    """
     return variance_scaling_(tensor, 1.0, "fan_in", "uniform", generator)
 
 
@@ -165,7 +197,15 @@ INITIALIZERS: dict[str, Initializer] = {
 
 
 def get_initializer(name: str | Initializer) -> Initializer:
-    """The in-place initializer called `name` (a callable passes through unchanged)."""
+    """The in-place initializer called `name` (a callable passes through unchanged).
+
+    >>> get_initializer("he_normal") is he_normal_
+    True
+    >>> get_initializer("kaiming")
+    Traceback (most recent call last):
+        ...
+    gradwell.errors.GradwellError: unknown initializer 'kaiming'; valid: glorot_normal, glorot_uniform, ...
+    """
     if callable(name):
         return name
     try:
@@ -174,23 +214,10 @@ def get_initializer(name: str | Initializer) -> Initializer:
         raise unknown_name("initializer", name, INITIALIZERS) from None
 
 
-# The chapter's table. Keras's default (Glorot uniform) for the saturating activations; He normal
-# and LeCun normal as the chapter writes them for the rest.
-RECOMMENDED: dict[str, str] = {
-    "linear": "glorot_uniform",
-    "sigmoid": "glorot_uniform",
-    "tanh": "glorot_uniform",
-    "softmax": "glorot_uniform",
-    "relu": "he_normal",
-    "leaky_relu": "he_normal",
-    "rrelu": "he_normal",
-    "prelu": "he_normal",
-    "elu": "he_normal",
-    "gelu": "he_normal",
-    "swish": "he_normal",
-    "mish": "he_normal",
-    "selu": "lecun_normal",
-}
+# The chapter's table: activation name -> initializer name, declared by each activation's record
+# (gradwell.activations.ActivationInfo.init). It is the records' own derived dict, so an
+# activation added with register_activation appears here too.
+RECOMMENDED: dict[str, str] = RECOMMENDED_INIT
 
 
 def recommended_init(activation: str | nn.Module | None) -> str:
@@ -198,9 +225,10 @@ def recommended_init(activation: str | nn.Module | None) -> str:
 
     Glorot for none/tanh/sigmoid/softmax, He for the ReLU family, ELU, GELU, Swish and Mish,
     LeCun for SELU. Accepts a name understood by ``get_activation`` or an activation module.
-    """
-    from gradwell.activations import activation_name
 
+    >>> recommended_init("selu"), recommended_init(nn.Tanh()), recommended_init("relu")
+    ('lecun_normal', 'glorot_uniform', 'he_normal')
+    """
     return RECOMMENDED[activation_name(activation)]
 
 
@@ -209,9 +237,13 @@ def recommended_initializer(activation: str | nn.Module | None) -> Initializer:
 
     For a leaky ReLU of slope a, He et al. (2015) give Var[w] = 2 / ((1 + a^2) fan_in); plain
     ``he_normal_`` assumes a = 0. PReLU and RReLU use their initial and mean slopes.
-    """
-    from gradwell.activations import activation_name, negative_slope
 
+    >>> recommended_initializer("relu") is he_normal_
+    True
+    >>> w = recommended_initializer("leaky_relu")(torch.empty(256, 512), torch.Generator().manual_seed(0))
+    >>> abs(float(w.var() * 512) - 2 / (1 + 0.2**2)) < 0.05  # alpha 0.2
+    True
+    """
     name = recommended_init(activation)
     leaky = activation_name(activation) in ("leaky_relu", "prelu", "rrelu")
     slope = negative_slope(activation) if leaky else 0.0

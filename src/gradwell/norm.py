@@ -129,6 +129,16 @@ class BatchNorm(LazyModuleMixin, nn.Module):
 
     Parameters ``weight`` (gamma) and ``bias`` (beta) are trainable; buffers ``running_mean`` and
     ``running_var`` are the chapter's non-trainable "moving mean" and "moving variance".
+
+    >>> bn = BatchNorm(3)  # the features of (N, 3) batches
+    >>> x = 5 * torch.randn(32, 3, generator=torch.Generator().manual_seed(0)) + 2
+    >>> z = bn(x)  # training mode: the batch's own statistics
+    >>> z.mean(0).abs().max() < 1e-5, z.std(0, correction=0).detach()
+    (tensor(True), tensor([1.0000, 1.0000, 1.0000]))
+    >>> torch.allclose(bn.running_mean, 0.01 * x.mean(0))  # moving = 0.99 moving + 0.01 batch
+    True
+    >>> BatchNorm(axis=(1, 2))(torch.rand(8, 4, 4)).shape  # lazy, one statistic per pixel
+    torch.Size([8, 4, 4])
     """
 
     cls_to_become = None

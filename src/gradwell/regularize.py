@@ -59,6 +59,12 @@ def l1_l2_penalty(weights: Weights, l1: float = 0.0, l2: float = 0.0) -> Tensor:
 
     Returns a 0-d zero without a graph, on the weights' device, when l1 = l2 = 0 or there are
     no weights.
+
+    >>> layer = nn.Linear(2, 1)
+    >>> with torch.no_grad():
+    ...     _ = layer.weight.copy_(torch.tensor([[3.0, -4.0]]))
+    >>> l1_l2_penalty(layer, l1=0.1, l2=0.01)  # 0.1 * 7 + 0.01 * 25; the bias is not penalized
+    tensor(0.9500, grad_fn=<AddBackward0>)
     """
     l1 = check_finite("l1", l1, low=0.0)
     l2 = check_finite("l2", l2, low=0.0)
@@ -99,6 +105,12 @@ def max_norm_(weights: Weights, max_value: float = 1.0, axis: int | Sequence[int
     *kernel): the default None takes all axes but 0, i.e. one vector per output unit or filter
     (Keras's axis=0 for a Dense kernel (in, out) and [0, 1, 2] for a Conv2D kernel). A 1-D
     tensor then bounds each element's magnitude. No value is read back from the device.
+
+    >>> weight = torch.tensor([[3.0, 4.0], [0.3, 0.4]])  # two units, norms 5 and 0.5
+    >>> max_norm_([weight], max_value=1.0)
+    >>> weight
+    tensor([[0.6000, 0.8000],
+            [0.3000, 0.4000]])
     """
     max_value = check_finite("max_value", max_value, low=0.0, low_open=True)
     with torch.no_grad():
@@ -136,6 +148,14 @@ def mc_dropout_predict(
     fit in `batch_size` rows (at least one copy of `x`), which is the same computation as a loop
     of passes: each row draws its own dropout masks. `seed` fixes the masks without touching
     torch's global RNG state; None draws from it.
+
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    >>> mean, std = mc_dropout_predict(model, torch.randn(2, 4), samples=20, seed=0)
+    >>> mean.shape, std.shape  # per sample and class
+    (torch.Size([2, 3]), torch.Size([2, 3]))
+    >>> torch.allclose(mean.sum(1), torch.ones(2)), model.training  # probabilities; mode restored
+    (True, True)
     """
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise GradwellError(f"samples must be a positive int; got {samples!r}")

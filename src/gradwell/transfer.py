@@ -56,6 +56,11 @@ def clone(model: ModuleT) -> ModuleT:
 
     Raises GradwellError on a model with lazy layers that have not seen a batch yet: they have no
     weights to copy.
+
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> copied = clone(model)
+    >>> torch.equal(copied[0].weight, model[0].weight), copied[0].weight is model[0].weight
+    (True, False)
     """
     lazy = [
         name
@@ -119,6 +124,11 @@ def freeze(layers: Layers) -> Layers:
     BatchNorm gets a forward pre-hook that sets its ``training`` flag to False before each call
     (``model.train()`` sets it back, the hook wins at the next forward). No recompile: the next
     forward pass sees the change. Dropout layers inside stay active in training mode, as in Keras.
+
+    >>> model = nn.Sequential(nn.Linear(4, 8), BatchNorm(8), nn.ReLU(), nn.Linear(8, 2))
+    >>> _ = freeze(model[:3])  # all but the output layer
+    >>> [p.requires_grad for p in model.parameters()], model[1].frozen
+    ([False, False, False, False, True, True], True)
     """
     for module in modules_of(layers, "freeze"):
         module.requires_grad_(False)
@@ -131,6 +141,11 @@ def unfreeze(layers: Layers) -> Layers:
     """Undo ``freeze``: every parameter of `layers` trainable, every BatchNorm back to normal.
 
     A torch BatchNorm takes its training mode from the next ``model.train()`` / ``model.eval()``.
+
+    >>> model = freeze(nn.Sequential(nn.Linear(4, 8), BatchNorm(8), nn.Linear(8, 2)))
+    >>> _ = unfreeze(model[1:])
+    >>> [p.requires_grad for p in model.parameters()], model[1].frozen
+    ([False, False, True, True, True, True], False)
     """
     for module in modules_of(layers, "unfreeze"):
         module.requires_grad_(True)
@@ -225,6 +240,14 @@ def reuse(
 
     The head is named ``output`` (``head`` if a kept layer has that name) and is trainable;
     the kept layers keep their names and their ``requires_grad`` flags.
+
+    >>> model_a = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> reuse(model_a, drop_top=1, head=2)
+    Sequential(
+      (0): Linear(in_features=4, out_features=8, bias=True)
+      (1): ReLU()
+      (output): Linear(in_features=8, out_features=2, bias=True)
+    )
     """
     layers = check_sequential(model, "reuse")
     why = f"the model has {len(layers)} top-level layers and at least one must remain"
@@ -257,7 +280,11 @@ def layerwise_lr(model: nn.Module, base_lr: float, decay: float) -> list[dict[st
     by several layers goes with the topmost. Each group also has a ``name`` key, the layer's name.
     Layers are taken in registration order, which is the order an ``nn.Sequential`` runs them in.
 
-    Example: ``optim.create("sgd", layerwise_lr(model, 0.01, 0.5))``.
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> groups = layerwise_lr(model, 0.01, 0.5)
+    >>> [(group["name"], group["lr"]) for group in groups]  # from the top down
+    [('4', 0.01), ('2', 0.005), ('0', 0.0025)]
+    >>> optimizer = optim.create("sgd", groups)
     """
     check_finite("base_lr", base_lr, low=0.0, low_open=True)
     check_finite("decay", decay, low=0.0, high=1.0, low_open=True)
@@ -374,6 +401,14 @@ def fine_tune(
 
     Raises GradwellError before any training when the model's outputs do not match
     ``data.num_classes`` or an option is out of range.
+
+    >>> from gradwell.data import load, split_by_classes
+    >>> task_a, task_b = split_by_classes(load("digits"), range(8), limit_train=40)  # B: 2 classes
+    >>> model_a = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))  # trained on A
+    >>> model = reuse(model_a, head=2)
+    >>> history = fine_tune(model, task_b, frozen_epochs=1, epochs=1, lr=1e-3)
+    >>> [(logs["epoch"], logs["phase"]) for logs in history.epochs]
+    [(1, 1), (2, 2)]
     """
     layers = [module for _, module in check_sequential(model, "fine_tune")]
     new_layers = count_option("new_layers", new_layers, 1, len(layers) - 1, "at least one layer is reused")

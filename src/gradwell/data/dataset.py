@@ -15,7 +15,15 @@ from torch import Tensor
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Samples `x` (n, *feature_shape), float32, and their class indices `y` (n,), int64."""
+    """Samples `x` (n, *feature_shape), float32, and their class indices `y` (n,), int64.
+
+    >>> split = Split(torch.rand(5, 3), torch.tensor([0, 1, 0, 1, 1]))
+    >>> len(split), split[1:3][0].shape
+    (5, torch.Size([2, 3]))
+    >>> from torch.utils.data import DataLoader
+    >>> [y.tolist() for _, y in DataLoader(split, batch_size=2)]
+    [[0, 1], [0, 1], [1]]
+    """
 
     x: Tensor
     y: Tensor
@@ -35,6 +43,11 @@ class Dataset:
     """Train / validation / test splits of one classification problem with `num_classes` classes.
 
     The validation or test split is empty (0 samples) when its fraction was 0.
+
+    >>> x, y = torch.rand(10, 8, 8), torch.arange(10) % 2
+    >>> data = Dataset(Split(x[:6], y[:6]), Split(x[6:8], y[6:8]), Split(x[8:], y[8:]), 2, "toy")
+    >>> data.feature_shape, len(data), len(data.train)
+    ((8, 8), 10, 6)
     """
 
     train: Split

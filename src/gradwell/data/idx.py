@@ -34,7 +34,13 @@ def read_bytes(path: Path) -> bytes:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Parse one IDX file into an array of its header's type and dimensions."""
+    """Parse one IDX file into an array of its header's type and dimensions.
+
+    >>> header = bytes([0, 0, 0x08, 1]) + (3).to_bytes(4, "big")  # unsigned bytes, 1 dimension of 3
+    >>> _ = Path("labels-idx1-ubyte").write_bytes(header + bytes([7, 2, 1]))
+    >>> read_idx("labels-idx1-ubyte")
+    array([7, 2, 1], dtype=uint8)
+    """
     path = Path(path)
     data = read_bytes(path)
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in TYPES:

@@ -40,7 +40,11 @@ DATASETS: dict[str, str] = {
 
 
 def describe() -> list[tuple[str, str]]:
-    """(name, description) for every dataset, in the order ``gradwell datasets`` lists them."""
+    """(name, description) for every dataset, in the order ``gradwell datasets`` lists them.
+
+    >>> [name for name, _ in describe()]
+    ['mnist1d', 'digits', 'idx:DIR', 'csv:PATH', 'npz:PATH']
+    """
     return list(DATASETS.items())
 
 

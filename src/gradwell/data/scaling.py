@@ -17,7 +17,13 @@ from gradwell.data.dataset import Dataset, Split
 
 @dataclass(frozen=True, eq=False)
 class Standardization:
-    """x -> (x - mean) / std, per feature; `mean` and `std` have the dataset's feature shape."""
+    """x -> (x - mean) / std, per feature; `mean` and `std` have the dataset's feature shape.
+
+    >>> scale = Standardization(mean=torch.tensor([2.0]), std=torch.tensor([4.0]))
+    >>> scale(torch.tensor([[6.0], [-2.0]]))
+    tensor([[ 1.],
+            [-1.]])
+    """
 
     mean: Tensor
     std: Tensor
@@ -32,6 +38,14 @@ def fit_standardization(x: Tensor) -> Standardization:
     A constant feature (std 0) keeps std 1, as in scikit-learn, so it maps to 0 instead of NaN:
     MNIST's border pixels are 0 in every training image. Sums run in float64 so that 60000
     samples do not lose float32 digits.
+
+    >>> x = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    >>> stats = fit_standardization(x)
+    >>> stats.mean, stats.std  # the constant feature keeps std 1
+    (tensor([2., 5.]), tensor([1., 1.]))
+    >>> stats(x)
+    tensor([[-1.,  0.],
+            [ 1.,  0.]])
     """
     x = x.double()  # (n, *feature_shape)
     std = x.std(0, correction=0)
@@ -40,7 +54,15 @@ def fit_standardization(x: Tensor) -> Standardization:
 
 
 def standardize(dataset: Dataset) -> tuple[Dataset, Standardization]:
-    """`dataset` with every split standardized by statistics of its training split, and those statistics."""
+    """`dataset` with every split standardized by statistics of its training split, and those statistics.
+
+    >>> from gradwell.data import load
+    >>> data, stats = standardize(load("digits"))
+    >>> stats.mean.shape, torch.allclose(data.train.x.mean(0), torch.zeros(64), atol=1e-5)
+    (torch.Size([64]), True)
+    >>> round(float(data.test.x.mean()), 2)  # near 0, not 0: the test split did not count
+    0.01
+    """
     stats = fit_standardization(dataset.train.x)
     splits = {
         key: Split(stats(split.x), split.y)

@@ -122,6 +122,13 @@ def split_by_classes(
     re-indexed by position, so ``classes_b=[5, 6]`` makes class 5 label 0 and class 6 label 1.
     `limit_train` keeps that many of B's training samples, drawn with `seed`, for the
     chapter's "few labels" task B; validation and test keep every sample of B's classes.
+
+    >>> from gradwell.data import load
+    >>> task_a, task_b = split_by_classes(load("digits"), classes_a=range(8), limit_train=20)
+    >>> task_a.num_classes, task_b.num_classes, len(task_b.train)
+    (8, 2, 20)
+    >>> task_b.name, task_b.train.y.unique().tolist()  # classes 8 and 9 become labels 0 and 1
+    ('digits task B (classes 8, 9)', [0, 1])
     """
     a = class_list(dataset, "classes_a", classes_a)
     if classes_b is None:

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from gradwell import build
 from gradwell.diagnose.monitor import Monitor
-from gradwell.diagnose.probe import probe
+from gradwell.diagnose.probe import explain_nonfinite, probe
 from gradwell.diagnose.report import Report
 from gradwell.errors import ConfigError, NonFiniteError
+from gradwell.run_folder import load_run
 
 if TYPE_CHECKING:
     from gradwell.config import Config
@@ -34,7 +36,16 @@ def probe_split(
     size: int = BATCH,
     seed: int = 0,
 ) -> Report:
-    """Probe `model` on `size` samples of a data split (``x``, ``y``), drawn at random by `seed`."""
+    """Probe `model` on `size` samples of a data split (``x``, ``y``), drawn at random by `seed`.
+
+    >>> from gradwell.data import load
+    >>> from gradwell.models import mlp
+    >>> digits = load("digits")
+    >>> model = mlp(64, 10, hidden=[32], generator=torch.Generator().manual_seed(0))
+    >>> report = probe_split(model, digits.train)
+    >>> report.layers[0].name, report.verdicts[0].name
+    ('hidden1', 'healthy')
+    """
     device = next(model.parameters()).device
     pick = torch.randperm(len(split.y), generator=torch.Generator().manual_seed(seed))[:size]
     return probe(model, split.x[pick].to(device), split.y[pick].to(device), loss, monitor=monitor, seed=seed)
@@ -43,35 +54,25 @@ def probe_split(
 def diagnose_config(config: Config, epochs: int = 0) -> Report:
     """Build the model and data a config describes and probe the model at initialization, or after
     `epochs` epochs of the config's training with a Monitor (a diverging run stops and is
-    diagnosed as it stands)."""
-    from gradwell import job
-    from gradwell.train.loop import fit
+    diagnosed as it stands).
 
-    if not isinstance(epochs, int) or epochs < 0:
+    The training is the config's in every [train] value but its length: the schedule spans the
+    `epochs` trained, as it would span train.epochs in ``gradwell train``.
+
+    >>> from gradwell import config as configs
+    >>> config = configs.load(None, ["data.name=digits", "model.depth=2", "model.width=16"])
+    >>> diagnose_config(config).history is None  # at initialization: no training, no history
+    True
+    """
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ConfigError(f"epochs must be an int >= 0; got {epochs!r}")
-    prepared = job.prepare(config)
-    train = config.train
+    prepared = build.prepare(config, **({"epochs": epochs} if epochs else {}))
+    train = prepared.config.train
     monitor = None
     if epochs:
-        steps = epochs * -(-len(prepared.dataset.train.y) // train.batch_size)
-        monitor = Monitor(every=max(1, steps // SAMPLES_PER_RUN))
+        monitor = Monitor(every=max(1, prepared.steps // SAMPLES_PER_RUN))
         try:
-            fit(
-                prepared.model,
-                prepared.dataset,
-                optimizer=prepared.optimizer,
-                scheduler=prepared.scheduler,
-                epochs=epochs,
-                batch_size=train.batch_size,
-                loss=train.loss,
-                callbacks=[monitor],
-                l1=train.l1,
-                l2=train.l2,
-                max_norm=train.max_norm,
-                seed=train.seed,
-                device=prepared.device,
-                progress=config.output.progress,
-            )
+            prepared.fit([monitor], explain_nonfinite=explain_nonfinite)
         except NonFiniteError as error:
             log.warning("%s", error)
     return probe_split(prepared.model, prepared.dataset.train, train.loss, monitor=monitor, seed=train.seed)
@@ -79,9 +80,14 @@ def diagnose_config(config: Config, epochs: int = 0) -> Report:
 
 def diagnose_run(run_dir: str | Path) -> Report:
     """Probe the trained model of a ``gradwell train`` run folder on its training data, as the run
-    left it (the report the run wrote also had the Monitor's history of the training itself)."""
-    from gradwell import job
+    left it (the report the run wrote also had the Monitor's history of the training itself).
 
-    run = job.load_run(run_dir)
+    >>> from gradwell import config as configs, job
+    >>> small = ["data.name=digits", "model.depth=2", "model.width=16", "train.epochs=1"]
+    >>> result = job.run(configs.load(None, [*small, "output.progress=false", "output.name=doc"]))
+    >>> diagnose_run(result.run_dir).layers[-1].name
+    'output'
+    """
+    run = load_run(run_dir)
     train = run.config.train
     return probe_split(run.model, run.dataset.train, train.loss, seed=train.seed)

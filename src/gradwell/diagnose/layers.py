@@ -39,7 +39,12 @@ DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 @dataclass(frozen=True)
 class Layer:
-    """One measured place: `module`'s output, of activation `kind`, fed by `weights`."""
+    """One measured place: `module`'s output, of activation `kind`, fed by `weights`.
+
+    >>> layer = find_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))[0]
+    >>> layer.name, layer.kind, type(layer.module).__name__, layer.weights[0].shape
+    ('1', 'relu', 'ReLU', torch.Size([8, 4]))
+    """
 
     name: str
     kind: str  # a canonical activation name (gradwell.activations), "linear" for logits, "other"
@@ -79,7 +84,12 @@ def block_kind(activation: nn.Module) -> str:
 
 
 def find_layers(model: nn.Module) -> list[Layer]:
-    """The layers of `model` in forward order (see the module docstring for the rule)."""
+    """The layers of `model` in forward order (see the module docstring for the rule).
+
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    >>> [(layer.name, layer.kind) for layer in find_layers(model)]  # measured at Tanh, then the logits
+    [('1', 'tanh'), ('2', 'linear')]
+    """
     blocks = hidden_blocks(model)
     output = getattr(model, "output", None)
     if blocks and isinstance(output, WEIGHT_LAYERS):

@@ -53,7 +53,21 @@ QUANTILE_SAMPLE = 1024  # values per layer behind the percentiles (stats.QUANTIL
 
 @dataclass
 class History:
-    """What a Monitor recorded, on the host: one row per sampled step."""
+    """What a Monitor recorded, on the host: one row per sampled step.
+
+    >>> from types import SimpleNamespace
+    >>> from gradwell import data, optim, train
+    >>> from gradwell.models import mlp
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(64, 8, generator=g)
+    >>> task = SimpleNamespace(train=data.Split(x, (x[:, 0] > 0).long()))
+    >>> model, monitor = mlp(8, 2, hidden=[16, 16], generator=g), Monitor(every=2)
+    >>> _ = train.fit(model, task, optimizer=optim.Adam(model.parameters()), epochs=2, batch_size=16,
+    ...               callbacks=[monitor], progress=False)
+    >>> history = monitor.history()
+    >>> history.steps, history.layers, history.series("update_ratio").shape  # (steps, layers)
+    ([0, 2, 4, 6], ['hidden1', 'hidden2', 'output'], (4, 3))
+    """
 
     layers: list[str]
     kinds: list[str]
@@ -88,6 +102,19 @@ class Monitor(Callback):
 
     ``report()`` gives the verdicts from the last sampled step and the whole history; pass the
     Monitor to ``probe`` to join its history to a fresh measurement.
+
+    >>> from types import SimpleNamespace
+    >>> from gradwell import data, optim, train
+    >>> from gradwell.models import mlp
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(64, 8, generator=g)
+    >>> task = SimpleNamespace(train=data.Split(x, (x[:, 0] > 0).long()))
+    >>> model, monitor = mlp(8, 2, hidden=[16, 16], generator=g), Monitor(every=2)
+    >>> _ = train.fit(model, task, optimizer=optim.Adam(model.parameters()), epochs=2, batch_size=16,
+    ...               callbacks=[monitor], progress=False)
+    >>> report = monitor.report()  # every other of the 8 steps sampled
+    >>> report.healthy, report.history.steps
+    (True, [0, 2, 4, 6])
     """
 
     def __init__(self, every: int = DEFAULT_EVERY) -> None:

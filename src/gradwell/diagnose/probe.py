@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +22,8 @@ from gradwell.diagnose.report import LayerReport, Report
 from gradwell.diagnose.rules import Thresholds, diagnose
 from gradwell.diagnose.stats import STATS, Recorder, finite_or_none, weight_stats
 from gradwell.errors import GradwellError
-from gradwell.train.loop import resolve_loss
+from gradwell.train.losses import resolve_loss
+from gradwell.train.nonfinite import NonFinite, describe, untouched
 
 if TYPE_CHECKING:
     from gradwell.diagnose.monitor import Monitor
@@ -51,6 +51,13 @@ def probe(
     gradient. With a `monitor` that watched training, its history joins the report and the
     verdicts, and the initialization is named from the weights it saw when training began.
     `seed` seeds dropout for this pass only.
+
+    >>> from gradwell.models import mlp
+    >>> g = torch.Generator().manual_seed(0)
+    >>> model = mlp(8, 3, depth=10, width=32, activation="sigmoid", init="standard_normal", generator=g)
+    >>> report = probe(model, torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g))
+    >>> report.healthy, "saturation" in [verdict.name for verdict in report.verdicts]
+    (False, True)
     """
     layers = find_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -114,56 +121,10 @@ def first_nonfinite_gradient(layers: list[Layer], table: Tensor) -> str | None:
     return None
 
 
-@contextmanager
-def untouched(model: nn.Module):
-    """Run in training mode, then restore every module's mode, every buffer and the global RNG."""
-    modes = {module: module.training for module in model.modules()}
-    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
-    devices = [t.device for t in (*model.parameters(), *model.buffers()) if t.device.type == "cuda"][:1]
-    with torch.random.fork_rng(devices=devices):
-        model.train()
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, buffer in model.named_buffers():
-                    buffer.copy_(buffers[name])
-            for module, training in modes.items():
-                module.training = training
-
-
-class NonFinite:
-    """Forward hooks on every leaf module recording whether its inputs and output are finite."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
-        self.calls: list[tuple[str, Tensor, Tensor]] = []
-        self.handles: list = []
-
-    def __enter__(self) -> NonFinite:
-        self.handles = [module.register_forward_hook(self.hook(name)) for name, module in self.leaves]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def hook(self, name: str):
-        def record(module: nn.Module, inputs: tuple, output: object) -> None:
-            if not isinstance(output, Tensor):
-                return
-            tensors = [t for t in inputs if isinstance(t, Tensor) and t.is_floating_point()]
-            finite_in = torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else None
-            self.calls.append((name, finite_in, torch.isfinite(output).all()))
-
-        return record
-
-    def first(self, inputs: Tensor) -> str | None:
-        """ "inputs" when the batch itself is non-finite, else the first module that produced a
-        non-finite output from finite inputs (a module that merely passes one on is skipped)."""
-        if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
-            return "inputs"
-        for name, finite_in, finite_out in self.calls:
-            if not bool(finite_out) and (finite_in is None or bool(finite_in)):
-                return name
-        return None
+def explain_nonfinite(
+    model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
+) -> str:
+    """Where the doctor's probe of a bad step's batch first sees a non-finite value: the clause
+    `gradwell.train.fit` adds to its NonFiniteError when handed this (``explain_nonfinite=``)."""
+    report = probe(model, inputs, targets, loss_fn)
+    return describe(report.nonfinite_forward, report.nonfinite_backward)

@@ -37,7 +37,11 @@ MAX_ROWS = 24  # a deeper model's table shows evenly spaced layers (the JSON has
 
 @dataclass
 class LayerReport:
-    """One layer's statistics, keyed by the names of ``stats.STATS`` (None where not applicable)."""
+    """One layer's statistics, keyed by the names of ``stats.STATS`` (None where not applicable).
+
+    >>> LayerReport("hidden1", "relu", {"dead": 0.25, "saturated": None}).to_dict()
+    {'name': 'hidden1', 'kind': 'relu', 'dead': 0.25, 'saturated': None}
+    """
 
     name: str
     kind: str
@@ -49,7 +53,17 @@ class LayerReport:
 
 @dataclass
 class Report:
-    """What the doctor measured and concluded; see the module docstring for its forms."""
+    """What the doctor measured and concluded; see the module docstring for its forms.
+
+    >>> import torch
+    >>> from gradwell.diagnose import probe
+    >>> from gradwell.models import mlp
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    >>> report = probe(mlp(8, 3, hidden=[16, 16], generator=g), x, y)
+    >>> report.healthy, [layer.name for layer in report.layers], report.to_dict()["schema"]
+    (True, ['hidden1', 'hidden2', 'output'], 'gradwell.diagnose/1')
+    """
 
     layers: list[LayerReport]
     loss: float

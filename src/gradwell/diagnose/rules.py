@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradwell.activations import DISPLAY_NAMES
 from gradwell.init import RECOMMENDED
 
 if TYPE_CHECKING:
@@ -37,7 +38,12 @@ VERDICTS = (
 class Thresholds:
     """Where a symptom becomes a verdict. Gradient ratios compare the scale of the gradient with
     respect to a layer's output (its RMS for a dense layer; stats.gradient_stats), first layer /
-    last layer: under plain SGD, how much slower the lower layers learn."""
+    last layer: under plain SGD, how much slower the lower layers learn.
+
+    >>> strict = Thresholds(saturated=0.1)
+    >>> strict.saturated < Thresholds().saturated
+    True
+    """
 
     # 1/100: two orders of magnitude lost between the output and the first layer. Healthy nets
     # stay well inside: a 30-layer He ReLU net measures ~0.5, a 100-layer LeCun SELU net 13 to 25
@@ -66,7 +72,12 @@ class Thresholds:
 @dataclass
 class Verdict:
     """A diagnosis: its name (one of VERDICTS), a one-line summary, the numbers behind it, the
-    fixes made concrete for this model, and the layers concerned."""
+    fixes made concrete for this model, and the layers concerned.
+
+    >>> verdict = Verdict("dead_units", "ReLU units never fire", {"dead": 0.6}, layers=["hidden1"])
+    >>> verdict.to_dict()["layers"]
+    ['hidden1']
+    """
 
     name: str
     summary: str
@@ -78,17 +89,8 @@ class Verdict:
         return asdict(self)
 
 
-DISPLAY = {
-    "relu": "ReLU",
-    "leaky_relu": "leaky ReLU",
-    "rrelu": "RReLU",
-    "prelu": "PReLU",
-    "elu": "ELU",
-    "selu": "SELU",
-    "gelu": "GELU",
-    "swish": "Swish",
-    "mish": "Mish",
-}
+# activation name -> the name a fix writes, declared by each activation's record (its `display`)
+DISPLAY: dict[str, str] = DISPLAY_NAMES
 INIT_DISPLAY = {"he_normal": "He", "lecun_normal": "LeCun", "glorot_uniform": "Glorot"}
 INIT_WHY = {
     "he_normal": "which keeps the signal's variance through ReLU-like layers (He et al., 2015)",
@@ -376,7 +378,16 @@ RULES: tuple[Callable[[Report, Thresholds], Verdict | None], ...] = (
 
 
 def diagnose(report: Report, thresholds: Thresholds | None = None) -> list[Verdict]:
-    """The verdicts of every rule that fires, or [healthy] with the numbers that say so."""
+    """The verdicts of every rule that fires, or [healthy] with the numbers that say so.
+
+    >>> import torch
+    >>> from gradwell.diagnose import probe
+    >>> from gradwell.models import mlp
+    >>> model = mlp(8, 3, hidden=[16, 16], generator=torch.Generator().manual_seed(0))
+    >>> x, y = torch.randn(64, 8, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 3
+    >>> [verdict.name for verdict in diagnose(probe(model, x, y))]
+    ['healthy']
+    """
     thresholds = thresholds or Thresholds()
     verdicts = [v for rule in RULES if (v := rule(report, thresholds)) is not None]
     return verdicts or [healthy(report)]

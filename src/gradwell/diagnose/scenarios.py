@@ -104,6 +104,16 @@ SCENARIOS: dict[str, Scenario] = {
 
 @dataclass
 class ScenarioResult:
+    """A scenario's report, with the verdicts observed and whether they are the expected ones.
+
+    >>> from gradwell.models import mlp
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    >>> result = ScenarioResult(SCENARIOS["relu-he-30"], probe(mlp(8, 3, hidden=[16, 16], generator=g), x, y))
+    >>> result.scenario.expected, result.observed, result.matches
+    ('healthy', ['healthy'], True)
+    """
+
     scenario: Scenario
     report: Report
     training: dict[str, float] = field(default_factory=dict)  # loss before / after, steps
@@ -139,7 +149,12 @@ def digits() -> datasets.Dataset:
 
 
 def run_scenario(name: str, seed: int = 0) -> ScenarioResult:
-    """Build the scenario's network (weights seeded by `seed`), train it if it says so, probe it."""
+    """Build the scenario's network (weights seeded by `seed`), train it if it says so, probe it.
+
+    >>> result = run_scenario("sigmoid-normal")
+    >>> result.scenario.expected, result.matches
+    ('saturation', True)
+    """
     if name not in SCENARIOS:
         raise unknown_name("scenario", name, SCENARIOS)
     scenario = SCENARIOS[name]

@@ -10,8 +10,9 @@
 
 from gradwell.experiment.batched import fit_seeds, stack_problem
 from gradwell.experiment.claims import CLAIMS, run_claims
+from gradwell.experiment.records import Results, RunRecord, higher_is_better
 from gradwell.experiment.report import Comparison, compare_results, write_report
-from gradwell.experiment.runner import Results, RunRecord, higher_is_better, run
+from gradwell.experiment.runner import run
 from gradwell.experiment.stats import Paired, Summary, holm, paired, summarize
 
 __all__ = [

@@ -9,21 +9,23 @@ Here the K models' parameters are stacked along a leading seed axis, so that
     Dropout     each seed draws its masks from its own generator
 
 and one step trains all K. The loss is the sum over seeds of each seed's mean loss, so each
-seed's gradient is exactly the one it would get alone; gradwell's optimizers update every
-element on its own (their step counters are shared, and equal), and clipping by norm is done per
-seed here. Each seed starts from its own model (built with its own generator), shuffles with
-its own generator and draws its own dropout masks from a generator seeded like the global RNG
-of ``gradwell.train.fit``: training seed s in a batch gives the run ``fit(..., seed=s)`` gives,
-up to float reassociation (tested in float64 to 1e-10). On CUDA, torch draws dropout masks with
-a fused kernel whose random stream differs, so masks there are equally random but not the
-same as a single run's.
+seed's gradient is exactly the one it would get alone; the optimizer must update every element
+on its own (``gradwell.optim.is_elementwise``: gradwell's do, their step counters are shared, and
+equal), and clipping by norm is done per seed here. Each seed starts from its own model (built
+with its own generator), shuffles with its own generator and draws its own dropout masks from a
+generator seeded like the global RNG of ``gradwell.train.fit``: training seed s in a batch gives
+the run ``fit(..., seed=s)`` gives, up to float reassociation (tested in float64 to 1e-10). On
+CUDA, torch draws dropout masks with a fused kernel whose random stream differs, so masks there
+are equally random but not the same as a single run's.
 
 Supported: nn.Sequential stacks of Linear, gradwell BatchNorm (features axis, frozen or not),
-parameter-free elementwise activations, Dropout and AlphaDropout, Flatten; every gradwell
-optimizer with any clipping; schedules that step per optimizer step; l1/l2 penalties and
-max-norm. Not supported (``stack_problem`` says which, and the runner trains those seeds one at
-a time): convolutions, PReLU, learnable Swish and RReLU (random slopes), a schedule or early
-stopping driven by each seed's validation loss, a loss given as a function.
+parameter-free elementwise activations (each activation record's ``stackable``), Dropout and
+AlphaDropout, Flatten; every gradwell optimizer with any clipping, and torch's elementwise ones;
+schedules that step per optimizer step; l1/l2 penalties and max-norm. Not supported
+(``stack_problem`` says which, and the runner trains those seeds one at a time): convolutions,
+PReLU, learnable Swish and RReLU (random slopes), a schedule or early stopping driven by each
+seed's validation loss, a loss given as a function, an optimizer with a per-tensor update (LAMB,
+LARS: a trust ratio over the stacked tensor would mix the seeds).
 """
 
 from __future__ import annotations
@@ -42,27 +44,13 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from gradwell import activations
 from gradwell.errors import GradwellError, NonFiniteError
 from gradwell.norm import BatchNorm
+from gradwell.optim import is_elementwise
 from gradwell.regularize import l1_l2_penalty, max_norm_
 from gradwell.train.fused import plan
-from gradwell.train.loop import CLASSIFICATION, LOSSES, History
+from gradwell.train.loop import History, training_options
+from gradwell.train.losses import CLASSIFICATION, LOSSES
+from gradwell.train.options import TrainOptions
 
-# parameter-free functions applied to each element: they act on (K, B, F) as on (B, F)
-ELEMENTWISE = (
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Softplus,
-    nn.Identity,
-    activations.GELU,
-    activations.Swish,
-)
 CLIP_OPTIONS = ("clipnorm", "global_clipnorm")
 
 # Batching pays while per-operation overhead dominates a step. With wider layers the optimizer's
@@ -73,6 +61,15 @@ LARGEST_BATCHED_LAYER = 256 * 256
 # the same per-operation overhead batching does: batching 10 seeds still ran 3.4x faster on 2 x 100
 # layers, but no faster on 30 x 100 (BENCHMARKS.md).
 DEEPEST_BATCHED_FUSED = 10
+
+
+def __getattr__(name: str) -> Any:
+    # ELEMENTWISE, the parameter-free functions applied to each element (they act on (K, B, F) as on
+    # (B, F)), is the activation records' `stackable` classes, derived on access so that activations
+    # registered later count
+    if name == "ELEMENTWISE":
+        return activations.stackable_modules()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class StackedLinear(nn.Module):
@@ -227,16 +224,43 @@ def leaf_problem(module: nn.Module) -> str | None:
         return None
     if isinstance(module, nn.Flatten):
         return None if (module.start_dim, module.end_dim) == (1, -1) else "Flatten other than Flatten(1)"
-    if isinstance(module, ELEMENTWISE) and not isinstance(module, nn.RReLU):
+    info = activations.activation_info(module)
+    if info is not None and info.stackable and not isinstance(module, nn.RReLU):
         has_state = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
         return f"{name} with learnable parameters" if has_state else None
     return f"layer {name}"
 
 
-def stack_problem(models: Sequence[nn.Module]) -> str | None:
-    """Why `models` cannot be trained as one seed-batched network, or None when they can."""
+def optimizer_problem(optimizer: torch.optim.Optimizer | type[torch.optim.Optimizer]) -> str | None:
+    """Why seed-batched training cannot use this optimizer (or optimizer class), or None."""
+    if is_elementwise(optimizer):
+        return None
+    name = (optimizer if isinstance(optimizer, type) else type(optimizer)).__name__
+    return (
+        f"{name} does not declare an elementwise update (gradwell.optim.is_elementwise): "
+        "seed-batched training would apply it to the K seeds' stacked tensors at once"
+    )
+
+
+def stack_problem(
+    models: Sequence[nn.Module],
+    optimizer: torch.optim.Optimizer | type[torch.optim.Optimizer] | None = None,
+) -> str | None:
+    """Why `models` cannot be trained as one seed-batched network, or None when they can.
+
+    `optimizer`, when given, is the optimizer one of them would train with (or its class): it must
+    update element by element (``optimizer_problem``); fit_seeds checks the one it builds anyway.
+
+    >>> from gradwell.models import mlp
+    >>> stack_problem([mlp(4, 2, hidden=[8]), mlp(4, 2, hidden=[8])]) is None
+    True
+    >>> stack_problem([mlp(4, 2, hidden=[8], activation="prelu")] * 2)
+    'layer PReLU is not supported by seed-batched training'
+    """
     if not models:
         return "no models"
+    if optimizer is not None and (problem := optimizer_problem(optimizer)) is not None:
+        return problem
     paths = [leaves(model) for model in models]
     first = paths[0]
     for module in first:
@@ -394,18 +418,31 @@ class SeedLoop:
         return loss_sum / len(x), correct.double() / len(x), first_nonfinite
 
 
+def options_problem(options: TrainOptions) -> str | None:
+    """Why seed-batched training cannot honour these training options (None when it can)."""
+    if options.on_nonfinite != "stop":
+        return "on_nonfinite='skip' skips each seed's bad steps on its own"
+    if options.precision != "fp32":
+        return f"precision {options.precision!r} (the seed-batched network trains in fp32)"
+    return None
+
+
 def make_loop(
     stacked: nn.Sequential,
     optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     schedule: Callable[[torch.optim.Optimizer], Any] | None,
-    loss: str,
-    l1: float,
-    l2: float,
-    max_norm: float | None,
+    options: TrainOptions,
 ) -> SeedLoop:
+    loss = options.loss
+    problem = options_problem(options)
+    if problem is not None:
+        raise GradwellError(f"seed-batched training cannot take {problem}; train it with gradwell.train.fit")
     if not isinstance(loss, str) or loss not in LOSSES:
         raise GradwellError(f"seed-batched training needs a loss named in {', '.join(LOSSES)}; got {loss!r}")
     created = optimizer(stacked)
+    problem = optimizer_problem(created)
+    if problem is not None:
+        raise GradwellError(problem)
     clip = getattr(created, "clip", None)
     if clip is not None and clip[0] in CLIP_OPTIONS:
         created.clip = None  # a norm over the stacked tensors would mix seeds: clipped per seed instead
@@ -418,7 +455,9 @@ def make_loop(
             "train with ReduceLROnPlateau ('performance') one seed at a time"
         )
     weights = [m.weight for m in stacked if isinstance(m, StackedLinear)]
-    return SeedLoop(stacked, created, scheduler, loss, clip, l1, l2, max_norm, weights)
+    return SeedLoop(
+        stacked, created, scheduler, loss, clip, options.l1, options.l2, options.max_norm, weights
+    )
 
 
 def fit_seeds(
@@ -427,14 +466,10 @@ def fit_seeds(
     *,
     seeds: Sequence[int],
     optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-    epochs: int,
-    batch_size: int = 32,
-    loss: str = "cross_entropy",
     schedule: Callable[[torch.optim.Optimizer], Any] | None = None,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_norm: float | None = None,
     device: str | torch.device | None = None,
+    options: TrainOptions | None = None,
+    **train_options: Any,
 ) -> list[SeedRun]:
     """Train ``models[k]`` with seed ``seeds[k]``, all K at once; each ends as ``fit`` leaves it.
 
@@ -450,20 +485,35 @@ def fit_seeds(
             stacked network. A gradwell optimizer's clipnorm or global_clipnorm is taken over and
             applied to each seed on its own.
         schedule: builds a per-step LR scheduler on that optimizer.
-        The others: as for ``gradwell.train.fit``.
+        options, train_options: as for ``gradwell.train.fit`` (``epochs``, ``batch_size``, ``loss``,
+            ``l1``, ``l2``, ``max_norm``; ``options_problem`` says which others it cannot take).
+
+    >>> from types import SimpleNamespace
+    >>> from gradwell import optim
+    >>> from gradwell.data import Split
+    >>> from gradwell.models import mlp
+    >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    >>> data = SimpleNamespace(train=Split(x, (x[:, 0] > 0).long()))
+    >>> models = [mlp(4, 2, hidden=[8], generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    >>> adam = lambda net: optim.create("adam", net.parameters())
+    >>> runs = fit_seeds(models, data, seeds=[0, 1], optimizer=adam, epochs=2, batch_size=16)
+    >>> [len(run.history.epochs) for run in runs]
+    [2, 2]
     """
+    options = training_options(options, train_options)
+    epochs, batch_size, loss = options.epochs, options.batch_size, options.loss
     if len(models) != len(seeds):
         raise GradwellError(f"got {len(models)} models for {len(seeds)} seeds; give one model per seed")
     device = torch.device(device) if device is not None else next(models[0].parameters()).device
     dropout = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     stacked = stack([model.to(device) for model in models], dropout).to(device)
-    loop = make_loop(stacked, optimizer, schedule, loss, l1, l2, max_norm)
+    loop = make_loop(stacked, optimizer, schedule, options)
     x, y = data.train.x.to(device), data.train.y.to(device)
     val = getattr(data, "val", None)
     val = (val.x.to(device), val.y.to(device)) if val is not None and len(val.y) > 0 else None
     shuffles = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     runs = [SeedRun(History()) for _ in seeds]
-    steps_per_epoch = -(-len(x) // batch_size)
+    steps_per_epoch = options.steps_per_epoch(len(x))
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         losses, accuracies, nonfinite = loop.epoch(x, y, batch_size, shuffles, (epoch - 1) * steps_per_epoch)

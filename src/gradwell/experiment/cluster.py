@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def in_worker(fn: Callable[..., Any], *args: Any) -> Any:
     """Run `fn` as a pool worker would: one torch thread, since tasks share the node's cores."""
-    from gradwell.experiment.runner import init_worker
+    from gradwell.experiment.workers import init_worker
 
     init_worker()
     return fn(*args)

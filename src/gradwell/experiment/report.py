@@ -17,14 +17,24 @@ from typing import Any
 
 import numpy as np
 
-from gradwell.experiment.runner import Results, higher_is_better
+from gradwell.experiment.records import Results, higher_is_better
 from gradwell.experiment.stats import Paired, Summary, compare, summarize
 from gradwell.plots import figure, integer_ticks
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Summaries per config and paired comparisons on one metric."""
+    """Summaries per config and paired comparisons on one metric.
+
+    >>> from gradwell.experiment.runner import RunRecord
+    >>> runs = {"he": [0.91, 0.93, 0.92, 0.94], "glorot": [0.89, 0.90, 0.91, 0.92]}  # per seed
+    >>> records = [RunRecord(arm, seed, "ok", "single", test={"accuracy": value})
+    ...            for arm, values in runs.items() for seed, value in enumerate(values)]
+    >>> results = Results(list(runs), [0, 1, 2, 3], records, paths=dict.fromkeys(runs, "single"))
+    >>> comparison = compare_results(results, "test_accuracy")
+    >>> round(comparison.summaries["he"].mean, 3), comparison.failed, comparison.pairs[0].verdict
+    (0.925, {'he': 0, 'glorot': 0}, 'he better than glorot')
+    """
 
     metric: str
     higher_is_better: bool
@@ -52,6 +62,15 @@ def compare_results(
 
     `failed_value` scores failed runs (e.g. chance accuracy for a diverged run); None leaves them out.
     `higher` says whether larger is better; by default, from the metric's name.
+
+    >>> from gradwell.experiment.runner import RunRecord
+    >>> runs = {"he": [0.91, 0.93, 0.92, 0.94], "glorot": [0.89, 0.90, 0.91, 0.92]}  # per seed
+    >>> records = [RunRecord(arm, seed, "ok", "single", test={"accuracy": value})
+    ...            for arm, values in runs.items() for seed, value in enumerate(values)]
+    >>> results = Results(list(runs), [0, 1, 2, 3], records, paths=dict.fromkeys(runs, "single"))
+    >>> comparison = compare_results(results, "test_accuracy")
+    >>> comparison.higher_is_better, [(pair.a, pair.b, pair.verdict) for pair in comparison.pairs]
+    (True, [('he', 'glorot', 'he better than glorot')])
     """
     higher = higher_is_better(metric) if higher is None else higher
     values = {label: results.values(label, metric, failed_value) for label in results.labels}
@@ -172,7 +191,17 @@ def plot_final_metrics(results: Results, metric: str, path: Path) -> Path:
 def write_report(
     results: Results, directory: str | Path, metric: str, *, failed_value: float | None = None
 ) -> Comparison:
-    """Write results.json, report.md and the two plots into `directory`; return the comparison."""
+    """Write results.json, report.md and the two plots into `directory`; return the comparison.
+
+    >>> from gradwell.experiment.runner import RunRecord
+    >>> runs = {"he": [0.91, 0.93, 0.92, 0.94], "glorot": [0.89, 0.90, 0.91, 0.92]}  # per seed
+    >>> records = [RunRecord(arm, seed, "ok", "single", test={"accuracy": value})
+    ...            for arm, values in runs.items() for seed, value in enumerate(values)]
+    >>> results = Results(list(runs), [0, 1, 2, 3], records, paths=dict.fromkeys(runs, "single"))
+    >>> comparison = write_report(results, "runs/compare", "test_accuracy")
+    >>> sorted(path.name for path in Path("runs/compare").iterdir())  # no history: no learning curves
+    ['final_metrics.png', 'report.md', 'results.json']
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     comparison = compare_results(results, metric, failed_value=failed_value)

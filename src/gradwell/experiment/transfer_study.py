@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwell import build
 from gradwell import config as configs
 from gradwell.config import Config
 from gradwell.data import Dataset, split_by_classes
 from gradwell.errors import CheckpointError, ConfigError
 from gradwell.experiment.stats import Summary, summarize
-from gradwell.train import fit
-from gradwell.train.loop import evaluate
+from gradwell.run_folder import load_run
+from gradwell.train.losses import evaluate
 from gradwell.transfer import count_option, fine_tune, reuse
 
 log = logging.getLogger(__name__)
@@ -70,35 +71,17 @@ def load_study_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[
 
 def load_model_a(path: str | Path) -> nn.Module:
     """Model A from a ``gradwell train`` run folder (transfer.model_a)."""
-    from gradwell import job
-
     try:
-        return job.load_run(path).model
+        return load_run(path).model
     except CheckpointError as error:
         raise CheckpointError(f"transfer.model_a: {error}") from None
 
 
-def train_task(
-    config: Config, dataset: Dataset, epochs: int, batch_size: int, device: torch.device
-) -> nn.Module:
+def train_task(config: Config, dataset: Dataset, epochs: int, batch_size: int) -> nn.Module:
     """A fresh model of `config` trained on `dataset` with its optimizer, schedule and options."""
-    from gradwell import job
-
-    model = job.build_model(config, dataset).to(device)
-    optimizer = job.build_optimizer(config, model)
-    scheduler = job.build_schedule(config, optimizer, epochs * -(-len(dataset.train) // batch_size))
-    options = {**job.fit_options(config.train), "epochs": epochs, "batch_size": batch_size}
-    fit(
-        model,
-        dataset,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        callbacks=job.early_stopping(config.train),
-        device=device,
-        progress=False,
-        **options,
-    )
-    return model
+    prepared = build.prepare(config, dataset, epochs=epochs, batch_size=batch_size)
+    prepared.fit(progress=False)
+    return prepared.model
 
 
 def accuracy(model: nn.Module, split: Any, device: torch.device) -> float:
@@ -119,10 +102,10 @@ def study_run(
     )
     result: dict[str, float] = {"seed": seed}
     if model_a is None:
-        model_a = train_task(config, task_a, config.train.epochs, config.train.batch_size, device)
+        model_a = train_task(config, task_a, config.train.epochs, config.train.batch_size)
         result["a"] = accuracy(model_a, task_a.test, device)
     scratch_epochs = options.scratch_epochs or options.frozen_epochs + options.epochs
-    scratch = train_task(config, task_b, scratch_epochs, options.batch_size, device)
+    scratch = train_task(config, task_b, scratch_epochs, options.batch_size)
     b_on_a = reuse(
         model_a, options.drop_top, task_b.num_classes, generator=torch.Generator().manual_seed(seed)
     )
@@ -167,15 +150,13 @@ def study(
     looked good on one lucky seed, and only the spread over seeds tells a real gain from luck.
     `on_run` is called with each seed's result as it comes.
     """
-    from gradwell import job
-
     seeds = count_option("seeds", options.seeds if seeds is None else seeds, 1)
-    device = job.resolve_device(config.train.device)
-    dataset = job.load_data(config)
+    recipe = build.recipe(config)
+    device, dataset = recipe.device, recipe.dataset
     model_a = load_model_a(options.model_a) if options.model_a else None
     task_a, task_b = split_by_classes(dataset, options.classes_a, options.classes_b)
     reuse(
-        model_a or job.build_model(config, task_a), options.drop_top, task_b.num_classes
+        model_a or build.build_model(config, task_a), options.drop_top, task_b.num_classes
     )  # fail before training
     runs = []
     for i in range(seeds):

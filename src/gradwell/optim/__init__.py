@@ -19,7 +19,7 @@ from torch.optim.optimizer import ParamsT
 from gradwell.errors import unknown_name
 from gradwell.optim.adagrad import AdaGrad
 from gradwell.optim.adam import Adam, AdaMax, AdamW, Nadam
-from gradwell.optim.base import OPTIONS, GradwellOptimizer, check_arguments
+from gradwell.optim.base import OPTIONS, TORCH_ELEMENTWISE, GradwellOptimizer, check_arguments, is_elementwise
 from gradwell.optim.rmsprop import RMSProp
 from gradwell.optim.schedules import SCHEDULES, ClampedOneCycleLR, PiecewiseConstantLR, schedule
 from gradwell.optim.sgd import SGD
@@ -41,6 +41,12 @@ def create(name: str, params: ParamsT, **kwargs: Any) -> GradwellOptimizer:
     """The optimizer `name` from OPTIMIZERS over `params`; `kwargs` override its defaults.
 
     Bad names and arguments raise GradwellError listing what is valid.
+
+    >>> import torch
+    >>> optimizer = create("nesterov", torch.nn.Linear(4, 2).parameters(), lr=0.01, global_clipnorm=1.0)
+    >>> group = optimizer.param_groups[0]
+    >>> type(optimizer).__name__, group["lr"], group["momentum"], group["nesterov"]
+    ('SGD', 0.01, 0.9, True)
     """
     try:
         factory = OPTIMIZERS[name]
@@ -54,6 +60,7 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "SGD",
+    "TORCH_ELEMENTWISE",
     "AdaGrad",
     "AdaMax",
     "Adam",
@@ -64,5 +71,6 @@ __all__ = [
     "PiecewiseConstantLR",
     "RMSProp",
     "create",
+    "is_elementwise",
     "schedule",
 ]

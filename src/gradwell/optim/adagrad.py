@@ -39,6 +39,13 @@ class AdaGrad(GradwellOptimizer):
     Keras 3's Adagrad starts s at 0.1 (``initial_accumulator_value``), torch's at 0 and adds a
     learning-rate decay; with ``initial_accumulator_value=0`` and the same epsilon Keras computes
     exactly this update.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> optimizer = AdaGrad([w], lr=0.1)
+    >>> w.grad = torch.tensor([0.5, -30.0])
+    >>> optimizer.step()
+    >>> w.detach()  # the first step: lr g / |g|, whatever the gradient's scale
+    tensor([ 0.9000, -1.9000])
     """
 
     buffers = ("sum",)

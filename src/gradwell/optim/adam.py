@@ -132,6 +132,13 @@ class Adam(GradwellOptimizer):
 
     torch.optim.Adam computes the same update; L2 weight decay is gradwell.regularize's l2
     penalty, decoupled weight decay is AdamW.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> optimizer = Adam([w], lr=0.1)
+    >>> w.grad = torch.tensor([0.5, -30.0])
+    >>> optimizer.step()
+    >>> w.detach()  # about lr per coordinate, whatever the gradient's scale
+    tensor([ 0.9000, -1.9000])
     """
 
     buffers = ("exp_avg", "exp_avg_sq")
@@ -174,6 +181,13 @@ class AdamW(Adam):
     Args:
         weight_decay: wd >= 0, 0.004 as in Keras (torch 0.01).
         lr, betas, eps and the options: as for Adam.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> optimizer = AdamW([w], lr=0.1, weight_decay=0.5)
+    >>> w.grad = torch.tensor([0.5, -30.0])
+    >>> optimizer.step()
+    >>> w.detach()  # w (1 - lr wd), then Adam's step of about lr
+    tensor([ 0.8500, -1.8000])
     """
 
     def __init__(
@@ -205,6 +219,13 @@ class AdaMax(GradwellOptimizer):
         eps: 1e-7 as in Keras, added to u. torch adds its eps (1e-8) inside the max instead,
             u <- max(b2 u, |g| + eps), theta <- theta - lr / (1 - b1^t) * m / u.
         clipvalue, clipnorm, global_clipnorm, foreach, capturable: see GradwellOptimizer.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> optimizer = AdaMax([w], lr=0.1)
+    >>> w.grad = torch.tensor([0.5, -30.0])
+    >>> optimizer.step()
+    >>> w.detach()  # the first step: u = |g|, m_hat = g, so lr g / |g|
+    tensor([ 0.9000, -1.9000])
     """
 
     buffers = ("exp_avg", "exp_inf")
@@ -253,6 +274,13 @@ class Nadam(GradwellOptimizer):
         eps: 1e-7 as in Keras (torch 1e-8), added to sqrt(s_hat) as in torch.
         momentum_decay: the schedule's rate, 0.004 = 1/250 (Dozat; torch's name and default).
         clipvalue, clipnorm, global_clipnorm, foreach, capturable: see GradwellOptimizer.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> optimizer = Nadam([w], lr=0.1)
+    >>> w.grad = torch.tensor([0.5, -30.0])
+    >>> optimizer.step()
+    >>> w.detach()  # about lr per coordinate, as Adam; the look-ahead makes the first step longer
+    tensor([ 0.8944, -1.8944])
     """
 
     buffers = ("exp_avg", "exp_avg_sq")

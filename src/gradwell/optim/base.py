@@ -79,12 +79,33 @@ class GradwellOptimizer(Optimizer):
         last_grad_norm: the global gradient norm before clipping, as a 0-d tensor on the device,
             from the last step; None unless ``global_clipnorm`` is set, since only global clipping
             computes it anyway.
+
+    A new optimizer is its hyperparameters and one update over lists of tensors; the base class
+    adds clipping, state and the rest:
+
+    >>> class SignSGD(GradwellOptimizer):
+    ...     def __init__(self, params, lr=0.01, **options):
+    ...         super().__init__(params, {"lr": lr}, **options)
+    ...     def update(self, tensors, lr, group):
+    ...         torch._foreach_add_(tensors["params"], torch._foreach_sign(tensors["grads"]), alpha=-lr)
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> optimizer = SignSGD([w], lr=0.1, global_clipnorm=1.0)
+    >>> w.grad = torch.tensor([3.0, -4.0])
+    >>> optimizer.step()
+    >>> w.detach(), w.grad, optimizer.last_grad_norm
+    (tensor([ 0.9000, -1.9000]), tensor([ 0.6000, -0.8000]), tensor(5.))
     """
 
     # per-element state, zeros like the parameter at the start
     buffers: tuple[str, ...] = ()
     # per-parameter 0-d state and its starting value
     counters: ClassVar[dict[str, float]] = {}
+    # Whether the update of each element reads only that element's gradient and state (and
+    # per-step numbers: lr, the step count). The fused MLP step then updates one flat tensor, and
+    # seed-batched training K seeds' stacked tensors, exactly as the separate tensors would be.
+    # A per-tensor rule (LAMB's or LARS's trust ratio, a norm of the update) sets it False.
+    # Clipping is not part of it: both paths handle clipnorm and global_clipnorm themselves.
+    elementwise: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -204,6 +225,48 @@ class GradwellOptimizer(Optimizer):
                 for key in self.counters:
                     if key in state:
                         state[key] = counter(state[key], param, group["capturable"])
+
+
+# torch.optim's optimizers whose update is elementwise (checked against each one's update rule);
+# those left out read whole tensors: LBFGS (dot products over all parameters), Adafactor (row and
+# column statistics of each matrix), Muon (orthogonalizes each matrix), and SparseAdam takes sparse
+# gradients only. Exact classes: a subclass may change the update, so it declares its own.
+TORCH_ELEMENTWISE: tuple[type[Optimizer], ...] = tuple(
+    getattr(torch.optim, name)
+    for name in (
+        "SGD",
+        "Adam",
+        "AdamW",
+        "NAdam",
+        "RAdam",
+        "Adamax",
+        "Adagrad",
+        "Adadelta",
+        "RMSprop",
+        "Rprop",
+        "ASGD",
+    )
+    if hasattr(torch.optim, name)
+)
+
+
+def is_elementwise(optimizer: Optimizer | type[Optimizer]) -> bool:
+    """Whether an optimizer (or optimizer class) declares that it updates each element on its own.
+
+    An ``elementwise`` class attribute decides where the class or a base declares one (True on
+    GradwellOptimizer; any torch.optim.Optimizer subclass may set it); otherwise only the exact
+    torch.optim classes of TORCH_ELEMENTWISE count. Anything else is taken as not elementwise, so
+    the fused MLP step and seed-batched training refuse it rather than train it wrongly.
+
+    >>> from gradwell.optim import Adam
+    >>> is_elementwise(Adam), is_elementwise(torch.optim.Adam), is_elementwise(torch.optim.LBFGS)
+    (True, True, False)
+    """
+    cls = optimizer if isinstance(optimizer, type) else type(optimizer)
+    declared = getattr(cls, "elementwise", None)
+    if isinstance(declared, bool):
+        return declared
+    return cls in TORCH_ELEMENTWISE
 
 
 def clip_option(**options: float | None) -> tuple[str, float] | None:

@@ -44,6 +44,13 @@ class RMSProp(GradwellOptimizer):
 
     Keras 3's RMSprop with ``momentum=0, centered=False`` computes exactly this update; torch's
     differs by the epsilon placement, theta <- theta - lr g / (sqrt(s) + eps).
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> optimizer = RMSProp([w], lr=0.1)
+    >>> w.grad = torch.tensor([0.5, -30.0])
+    >>> optimizer.step()
+    >>> w.detach()  # the first step: s = 0.1 g^2, so lr g / sqrt(s) = lr sqrt(10) g / |g|
+    tensor([ 0.6838, -1.6838])
     """
 
     buffers = ("square_avg",)

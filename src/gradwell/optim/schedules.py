@@ -58,7 +58,20 @@ PLATEAU_MODES = ("min", "max")
 
 
 class PiecewiseConstantLR(LRScheduler):
-    """lr_t = values[i] for boundaries[i - 1] <= t < boundaries[i]: constant between step counts."""
+    """lr_t = values[i] for boundaries[i - 1] <= t < boundaries[i]: constant between step counts.
+
+    >>> import torch
+    >>> from gradwell.optim import SGD
+    >>> optimizer = SGD(torch.nn.Linear(4, 2).parameters(), lr=0.1)
+    >>> scheduler = PiecewiseConstantLR(optimizer, boundaries=[2], values=[0.1, 0.01])
+    >>> rates = []
+    >>> for _ in range(4):
+    ...     rates.append(optimizer.param_groups[0]["lr"])
+    ...     optimizer.step()
+    ...     scheduler.step()
+    >>> rates
+    [0.1, 0.1, 0.01, 0.01]
+    """
 
     def __init__(self, optimizer: Optimizer, boundaries: Sequence[int], values: Sequence[float]) -> None:
         self.boundaries = list(boundaries)
@@ -136,6 +149,17 @@ class ClampedOneCycleLR(OneCycleLR):
     torch extrapolates the last linear phase one step past the end, so the documented use (one
     ``step()`` after each of the `total_steps` optimizer steps) would leave a negative rate in the
     optimizer for a further step or a log. Momentum already ends flat.
+
+    >>> import torch
+    >>> from gradwell.optim import SGD
+    >>> optimizer = SGD(torch.nn.Linear(4, 2).parameters(), lr=0.1)
+    >>> scheduler = ClampedOneCycleLR(optimizer, max_lr=0.1, total_steps=10, three_phase=True,
+    ...                               anneal_strategy="linear")
+    >>> for _ in range(10):
+    ...     optimizer.step()
+    ...     scheduler.step()
+    >>> optimizer.param_groups[0]["lr"] > 0  # torch's OneCycleLR leaves -0.0008 here
+    True
     """
 
     def get_lr(self) -> list[float]:
@@ -238,6 +262,16 @@ def schedule(name: str, optimizer: Optimizer, **kwargs: Any) -> LRScheduler | Re
     Bad names and arguments raise GradwellError listing what is valid. See the module docstring for
     when to call ``step()``: after each optimizer step, or once per epoch with the metric for
     "performance".
+
+    >>> import torch
+    >>> from gradwell.optim import SGD
+    >>> optimizer = SGD(torch.nn.Linear(4, 2).parameters(), lr=0.1)
+    >>> scheduler = schedule("power", optimizer, s=10)
+    >>> for _ in range(10):
+    ...     optimizer.step()
+    ...     scheduler.step()
+    >>> round(optimizer.param_groups[0]["lr"], 6)  # lr0 / (1 + t / s): halved after s steps
+    0.05
     """
     try:
         factory = SCHEDULES[name]

@@ -65,6 +65,15 @@ class SGD(GradwellOptimizer):
     torch.optim.SGD keeps lr outside the velocity (b <- beta b + g; theta <- theta - lr b): with a
     constant learning rate both give the same trajectory (m = -lr b), with a schedule they differ.
     Weight decay is gradwell.regularize's l2 penalty, not an option here.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> optimizer = SGD([w], lr=0.1, momentum=0.9)
+    >>> for _ in range(2):  # minimize |w|^2, whose gradient is 2 w
+    ...     optimizer.zero_grad()
+    ...     (w**2).sum().backward()
+    ...     optimizer.step()
+    >>> w.detach()  # w0 + m1 + m2, with m1 = -0.2 w0 and m2 = 0.9 m1 - 0.16 w0 = -0.34 w0
+    tensor([ 0.4600, -0.9200])
     """
 
     def __init__(

@@ -34,7 +34,13 @@ CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class TiedLinear(nn.Module):
-    """The transpose of an encoder's Linear: y = x W + c, with W (out, in) the encoder's own weight."""
+    """The transpose of an encoder's Linear: y = x W + c, with W (out, in) the encoder's own weight.
+
+    >>> encoder_layer = nn.Linear(4, 2)
+    >>> decoder_layer = TiedLinear(encoder_layer)
+    >>> decoder_layer.weight is encoder_layer.weight, decoder_layer(torch.zeros(3, 2)).shape
+    (True, torch.Size([3, 4]))
+    """
 
     def __init__(self, encoder_layer: nn.Linear) -> None:
         super().__init__()
@@ -132,6 +138,12 @@ def autoencoder(
 
     The inputs are flattened for the reconstruction target; the encoder's first Linear must take
     that many features.
+
+    >>> x = torch.rand(64, 8, generator=torch.Generator().manual_seed(0))  # 64 unlabeled inputs
+    >>> encoder = nn.Sequential(nn.Linear(8, 4), nn.Sigmoid())
+    >>> trained = autoencoder(encoder, x, epochs=2, tied=True)
+    >>> trained is encoder, trained(x).shape
+    (True, torch.Size([64, 4]))
     """
     x = unlabeled_tensor(unlabeled)
     if loss not in LOSSES:

@@ -166,6 +166,12 @@ def auxiliary(
         lr, batch_size, optimizer: Adam at 1e-3 in batches of 64, Keras's defaults.
         seed: seeds the head's initialization, the masks, noise and shuffling.
         callbacks: ``gradwell.train`` callbacks; the epoch logs carry the auxiliary loss.
+
+    >>> x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))  # standardized, unlabeled
+    >>> encoder = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+    >>> trained = auxiliary(encoder, x, task="masked", epochs=1)
+    >>> trained is encoder, trained(x).shape
+    (True, torch.Size([64, 16]))
     """
     x = unlabeled_tensor(unlabeled)
     if task not in TASKS:

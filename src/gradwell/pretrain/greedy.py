@@ -104,6 +104,11 @@ def greedy_layerwise(
     Returns ``nn.Sequential([flatten,] hidden1, ..., hiddenN)``, each block ``linear`` +
     ``activation`` like gradwell's builders make them, with every parameter trainable. Add a head
     with ``reuse(stack, drop_top=0, head=num_classes)``.
+
+    >>> x = torch.rand(64, 8, generator=torch.Generator().manual_seed(0))  # in [0, 1]: Bernoulli units
+    >>> stack = greedy_layerwise([6, 4], x, kind="rbm", epochs_per_layer=1)
+    >>> [name for name, _ in stack.named_children()], stack(x).shape
+    (['hidden1', 'hidden2'], torch.Size([64, 4]))
     """
     x = unlabeled_tensor(unlabeled)
     widths = check_widths(widths)

@@ -71,7 +71,13 @@ def visible_mean(h: Tensor, weight: Tensor, visible_bias: Tensor, visible: str) 
 def sample_h_given_v(
     v: Tensor, weight: Tensor, hidden_bias: Tensor, generator: Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """(p(h = 1 | v), a binary sample of h)."""
+    """(p(h = 1 | v), a binary sample of h).
+
+    >>> weight, hidden_bias = torch.zeros(4, 3), torch.zeros(4)  # 4 hidden units, 3 visible ones
+    >>> p, h = sample_h_given_v(torch.ones(2, 3), weight, hidden_bias, torch.Generator().manual_seed(0))
+    >>> p[0], h.shape, set(h.unique().tolist()) <= {0.0, 1.0}
+    (tensor([0.5000, 0.5000, 0.5000, 0.5000]), torch.Size([2, 4]), True)
+    """
     p = hidden_probabilities(v, weight, hidden_bias)
     return p, torch.bernoulli(p, generator=generator)
 
@@ -79,7 +85,14 @@ def sample_h_given_v(
 def sample_v_given_h(
     h: Tensor, weight: Tensor, visible_bias: Tensor, visible: str, generator: Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """(E[v | h], a sample of v): Bernoulli draws, or the mean plus unit-variance Gaussian noise."""
+    """(E[v | h], a sample of v): Bernoulli draws, or the mean plus unit-variance Gaussian noise.
+
+    >>> weight, visible_bias = torch.ones(2, 3), torch.zeros(3)
+    >>> h = torch.tensor([[1.0, 0.0]])
+    >>> mean, v = sample_v_given_h(h, weight, visible_bias, "gaussian", torch.Generator().manual_seed(0))
+    >>> mean, v.shape  # h W + b, and that plus N(0, 1) noise
+    (tensor([[1., 1., 1.]]), torch.Size([1, 3]))
+    """
     mean = visible_mean(h, weight, visible_bias, visible)
     if visible == "bernoulli":
         return mean, torch.bernoulli(mean, generator=generator)
@@ -88,7 +101,12 @@ def sample_v_given_h(
 
 
 def free_energy(v: Tensor, weight: Tensor, visible_bias: Tensor, hidden_bias: Tensor, visible: str) -> Tensor:
-    """F(v) per sample, (N, V) -> (N,); the formulas of the module docstring."""
+    """F(v) per sample, (N, V) -> (N,); the formulas of the module docstring.
+
+    >>> weight, visible_bias, hidden_bias = torch.zeros(2, 3), torch.zeros(3), torch.zeros(2)
+    >>> free_energy(torch.ones(1, 3), weight, visible_bias, hidden_bias, "bernoulli")  # -2 log 2
+    tensor([-1.3863])
+    """
     hidden = F.softplus(F.linear(v, weight, hidden_bias)).sum(-1)
     if check_visible(visible) == "bernoulli":
         return -(v @ visible_bias) - hidden
@@ -126,6 +144,13 @@ def cd_gradient(
 
     The chain starts at `data` (CD), or at `chain`, the persistent particles of PCD, which may be
     as many as the batch or not. Returns the chain's end v_k too: PCD's next start.
+
+    >>> v = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    >>> weight, visible_bias, hidden_bias = torch.zeros(2, 3), torch.zeros(3), torch.zeros(2)
+    >>> grads = cd_gradient(v, weight, visible_bias, hidden_bias, "bernoulli", k=1)
+    >>> d_weight, d_visible, d_hidden, v_k = grads
+    >>> d_weight.shape, torch.equal(d_visible, v.mean(0) - v_k.mean(0))
+    (torch.Size([2, 3]), True)
     """
     v_k = gibbs_chain(
         data if chain is None else chain, weight, visible_bias, hidden_bias, visible, k, generator
@@ -149,6 +174,13 @@ class RBM(nn.Module):
     symmetry between hidden units. Parameters: ``weight`` (n_hidden, n_visible), ``visible_bias``,
     ``hidden_bias``; they are learned by ``fit`` (contrastive divergence), not by autograd.
     Calling the module gives the hidden probabilities, like ``transform``.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> v = (torch.rand(64, 6, generator=g) < 0.3).float()  # binary data
+    >>> rbm = RBM(6, 3, generator=g)
+    >>> before = rbm.reconstruction_error(v)
+    >>> rbm.fit(v, epochs=5).transform(v).shape, rbm.reconstruction_error(v) < before
+    (torch.Size([64, 3]), True)
     """
 
     def __init__(

@@ -1,6 +1,8 @@
-"""Training: the loop, callbacks and checkpoints."""
+"""Training: the loop, its options, training paths, callbacks and checkpoints."""
 
 from gradwell.train.callbacks import Callback, EarlyStopping
-from gradwell.train.loop import LOSSES, History, Run, evaluate, fit
+from gradwell.train.loop import History, Run, fit
+from gradwell.train.losses import LOSSES, evaluate
+from gradwell.train.options import TrainOptions
 
-__all__ = ["LOSSES", "Callback", "EarlyStopping", "History", "Run", "evaluate", "fit"]
+__all__ = ["LOSSES", "Callback", "EarlyStopping", "History", "Run", "TrainOptions", "evaluate", "fit"]

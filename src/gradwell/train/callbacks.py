@@ -27,7 +27,24 @@ if TYPE_CHECKING:
 
 
 class Callback:
-    """Base class: every hook does nothing."""
+    """Base class: every hook does nothing.
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from gradwell import data, optim, train
+    >>> class LossLog(Callback):
+    ...     def __init__(self):
+    ...         self.losses = []
+    ...     def on_epoch_end(self, run, logs):
+    ...         self.losses.append(logs["loss"])
+    >>> _ = torch.manual_seed(0)
+    >>> x, model, log = torch.randn(32, 4), torch.nn.Linear(4, 2), LossLog()
+    >>> task = SimpleNamespace(train=data.Split(x, (x[:, 0] > 0).long()))
+    >>> _ = train.fit(model, task, optimizer=optim.SGD(model.parameters(), lr=0.1), epochs=3,
+    ...               callbacks=[log], progress=False)
+    >>> len(log.losses), log.losses[-1] < log.losses[0]
+    (3, True)
+    """
 
     def on_train_begin(self, run: Run) -> None: ...
 
@@ -55,6 +72,18 @@ class EarlyStopping(Callback):
     With `restore_best_weights` (the default here; Keras defaults to False, and the chapter sets
     it to True in every example), the model ends with the weights of its best epoch. Metrics whose
     name contains "acc" are maximized, others minimized.
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from gradwell import data, optim, train
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))  # noise labels: nothing to learn
+    >>> task = SimpleNamespace(train=data.Split(x[:48], y[:48]), val=data.Split(x[48:], y[48:]))
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    >>> history = train.fit(model, task, optimizer=optim.Adam(model.parameters(), lr=0.01), epochs=100,
+    ...                     callbacks=[EarlyStopping(patience=2)], progress=False)
+    >>> history.stop_reason, len(history.epochs)
+    ('val_loss did not improve for 2 epochs (best 0.64... at epoch 3)', 5)
     """
 
     def __init__(

@@ -16,7 +16,7 @@ and elementwise activations, all of that is known in advance, so this step does 
 
 The optimizer keeps its usual per-parameter state outside the step (in checkpoints, state_dict and
 after fit); while the step runs it holds one flat parameter and flat state, converted both ways
-by `FusedStep.unfused`. The results equal autograd's up to float rounding (the tests compare them
+by `FusedStep.user_view`. The results equal autograd's up to float rounding (the tests compare them
 in float64). `plan` says why a model does not qualify; fit then takes another path.
 """
 
@@ -31,57 +31,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwell.activations import GELU, LeakyReLU, Swish
+from gradwell.activations import FusedKernel, activation_info
+from gradwell.optim import is_elementwise
 from gradwell.regularize import max_norm_
-from gradwell.train.step import Metrics
+from gradwell.train.step import Metrics, StepContext
 
-ops = torch.ops.aten
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
-
-# activation -> (forward, backward(grad, z, a), whether backward needs z). When the backward needs
-# only the output a, the forward runs in place on z, saving an allocation per layer.
-Kernel = tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor | None, Tensor], Tensor], bool]
+# activation -> (forward, backward(grad, z, a), whether backward needs z), declared by each
+# activation's record (gradwell.activations.ActivationInfo.fused)
+Kernel = FusedKernel
 
 
 def kernel(module: nn.Module) -> Kernel | None:
-    """The forward and torch backward kernel of an elementwise activation module, or None."""
-    if isinstance(module, nn.Identity):
-        return (lambda z: z), (lambda g, z, a: g), False
-    if type(module) is nn.ReLU:
-        return torch.relu_, (lambda g, z, a: ops.threshold_backward(g, a, 0)), False
-    if isinstance(module, (nn.LeakyReLU, LeakyReLU)):
-        slope = module.negative_slope
-        return (
-            (lambda z: F.leaky_relu(z, slope)),
-            (lambda g, z, a: ops.leaky_relu_backward(g, z, slope, False)),
-            True,
-        )
-    if type(module) is nn.SELU:
-        return torch.selu_, (lambda g, z, a: ops.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1.0, True, a)), False
-    if isinstance(module, nn.ELU):
-        alpha = module.alpha
-        return (
-            (lambda z: F.elu_(z, alpha)),
-            (lambda g, z, a: ops.elu_backward(g, alpha, 1.0, 1.0, True, a)),
-            False,
-        )
-    if type(module) is nn.Sigmoid:
-        return torch.sigmoid_, (lambda g, z, a: ops.sigmoid_backward(g, a)), False
-    if type(module) is nn.Tanh:
-        return torch.tanh_, (lambda g, z, a: ops.tanh_backward(g, a)), False
-    if isinstance(module, (GELU, nn.GELU)) and module.approximate in ("none", "tanh"):
-        approximate = module.approximate
-        return (
-            (lambda z: F.gelu(z, approximate=approximate)),
-            (lambda g, z, a: ops.gelu_backward(g, z, approximate=approximate)),
-            True,
-        )
-    if type(module) is nn.SiLU or (isinstance(module, Swish) and not module.learnable and module.beta == 1.0):
-        return F.silu, (lambda g, z, a: ops.silu_backward(g, z)), True
-    if type(module) is nn.Mish:
-        return F.mish, (lambda g, z, a: ops.mish_backward(g, z)), True
-    return None
+    """The forward and torch backward kernel of an elementwise activation module, or None.
+
+    Looked up in the module's activation record, so an activation registered with
+    gradwell.activations.register_activation is fused when its record gives a kernel.
+    """
+    info = activation_info(module)
+    return info.fused(module) if info is not None and info.fused is not None else None
 
 
 def leaves(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -136,6 +103,11 @@ def why_not_fused(model: nn.Module, optimizer: torch.optim.Optimizer, **options:
     found = plan(model)
     if isinstance(found, str):
         return found
+    if not is_elementwise(optimizer):
+        return (
+            f"{type(optimizer).__name__} does not declare an elementwise update "
+            "(gradwell.optim.is_elementwise): the fused step would apply it to one flat tensor"
+        )
     if len(optimizer.param_groups) > 1:
         return "the optimizer has several parameter groups"
     if getattr(optimizer, "clip", None) is not None and optimizer.clip[0] == "clipnorm":
@@ -278,10 +250,39 @@ class FusedStep:
         self.optimizer.state = self.user_state
 
     @contextmanager
-    def unfused(self) -> Iterator[None]:
+    def user_view(self) -> Iterator[None]:
         """The optimizer as the user knows it, for checkpoints, replays and eager steps."""
         self.swap_out()
         try:
             yield
         finally:
             self.swap_in()
+
+    def close(self) -> None:
+        """Give the optimizer back its own parameters and state for good (again: nothing to do)."""
+        if self.optimizer.param_groups is not self.user_groups:
+            self.swap_out()
+
+
+class FusedPath:
+    """The fused MLP step, for plain Linear + activation stacks on a CPU."""
+
+    name = "fused-mlp"
+    description = "Linear + activation stack: hand-written backward, one flat parameter buffer"
+    device_types = ("cpu",)  # on a GPU the whole step goes into a CUDA graph instead
+
+    def refusal(self, context: StepContext) -> str | None:
+        options = context.options
+        why = why_not_fused(
+            context.model, context.optimizer, l1=options.l1 > 0, l2=options.l2 > 0,
+            bf16=options.precision != "fp32", skip=options.on_nonfinite == "skip", compile=options.compile,
+            parallel=context.parallel,
+        )  # fmt: skip
+        return None if why is None else f"the fused MLP step does not apply: {why}"
+
+    def build(self, context: StepContext) -> FusedStep:
+        options = context.options
+        return FusedStep(
+            context.model, context.loss_fn, context.optimizer, context.metrics,
+            accuracy=options.classification, max_norm=options.max_norm,
+        )  # fmt: skip

@@ -62,13 +62,14 @@ def explain_nonfinite(
     run: Run,
     epoch_start: dict[str, Any],
     replay: Callable[[], tuple[int, Tensor, Tensor] | None],
-    loss_fn: Callable,
+    where: Callable[[Tensor, Tensor], str],
     reported_step: int,
 ) -> NonFiniteError:
-    """Replay the epoch from `epoch_start` to its first bad step and name the first non-finite layer.
+    """Replay the epoch from `epoch_start` to its first bad step and say where it turned non-finite.
 
     `replay()` trains from the restored state with a step that checks the loss and the gradients
-    on every step, stops before applying the first bad one, and returns (step, x, y) for it.
+    on every step, stops before applying the first bad one, and returns (step, x, y) for it;
+    `where(x, y)` names the place in the model (gradwell.train.nonfinite.describe's clause).
     """
     state.apply(run, run.metrics, epoch_start)
     found = replay()
@@ -78,24 +79,10 @@ def explain_nonfinite(
             f"(epoch {run.epoch + 1}); replaying the epoch did not reproduce it"
         )
     step, x, y = found
-    where = distributed.first_text(first_nonfinite_layer(run, x, y, loss_fn))  # any process's shard
+    clause = distributed.first_text(where(x, y))  # any process's shard
     return NonFiniteError(
-        f"training became non-finite at step {step} (epoch {run.epoch + 1}){where}. The model keeps the "
+        f"training became non-finite at step {step} (epoch {run.epoch + 1}){clause}. The model keeps the "
         "weights from before that step, and the last checkpoint (if any) is untouched. Lower the learning "
         "rate, or clip the gradients (e.g. optimizer global_clipnorm); `gradwell diagnose` shows where "
         "gradients grow"
     )
-
-
-def first_nonfinite_layer(run: Run, x: Tensor, y: Tensor, loss_fn: Callable) -> str:
-    """Where the doctor's probe of the bad step's batch first sees a non-finite value."""
-    from gradwell.diagnose import probe
-
-    report = probe(run.model, x, y, loss_fn)
-    if report.nonfinite_forward == "inputs":
-        return ": the batch itself holds non-finite values"
-    if report.nonfinite_forward is not None:
-        return f": the first non-finite value appeared in the output of {report.nonfinite_forward}"
-    if report.nonfinite_backward is not None:
-        return f": the forward pass was finite; the gradient became non-finite at {report.nonfinite_backward}"
-    return ""

@@ -4,56 +4,48 @@ Small deep networks are bound by per-step overhead, not arithmetic, so the loop 
 only what the step needs: index a shuffled batch out of tensors already on the device, run the
 step, add the loss and the number of correct predictions to accumulators on the device. It reads
 them (one host-device synchronization) once per epoch. No DataLoader, no worker processes, no
-per-step `.item()`.
+per-step `.item()`. Which step runs (a CUDA graph, the fused MLP step, or eager autograd) is the
+choice of gradwell.train.paths; the loop treats every step alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, nullcontext
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from gradwell.errors import ConfigError, DataError, check_finite, unknown_name
-from gradwell.models import warn_if_penalties_break_self_normalization
-from gradwell.train import checkpoint, distributed, state
+from gradwell.errors import ConfigError
+from gradwell.selfnorm import warn_if_penalties_break_self_normalization
+from gradwell.train import checkpoint, distributed, nonfinite, state
 from gradwell.train.callbacks import Callback
-from gradwell.train.fastpath import (
-    GraphedStep,
-    TrainingPath,
-    choose_path,
-    needs_eager_step,
-    prepare_for_capture,
-    restore_after_capture,
-)
-from gradwell.train.fused import FusedStep, why_not_fused
 from gradwell.train.guard import Interrupted, explain_nonfinite, stop_on_sigint
-from gradwell.train.step import Metrics, check_step_options, make_step
+from gradwell.train.losses import check_data_fits_model, evaluate
+from gradwell.train.options import TrainOptions
+from gradwell.train.paths import BuiltStep, choose
+from gradwell.train.step import Metrics, StepContext
 
 log = logging.getLogger(__name__)
-
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "cross_entropy": F.cross_entropy,  # on logits, integer class labels
-    "mse": F.mse_loss,
-    "binary_cross_entropy": F.binary_cross_entropy_with_logits,  # on logits, float 0/1 labels
-}
-CLASSIFICATION = ("cross_entropy",)
-ELEMENTWISE = ("mse", "binary_cross_entropy")  # targets shaped like the outputs
 
 Scheduler = LRScheduler | ReduceLROnPlateau
 
 
 @dataclass
 class History:
-    """What `fit` returns: one dict of metrics per epoch, and why the run stopped."""
+    """What `fit` returns: one dict of metrics per epoch, and why the run stopped.
+
+    >>> history = History([{"epoch": 1, "loss": 0.9}, {"epoch": 2, "loss": 0.5}], "completed 2 epochs")
+    >>> history.metric("loss"), history.last["epoch"]
+    ([0.9, 0.5], 2)
+    """
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     stop_reason: str = ""
@@ -69,14 +61,20 @@ class History:
 
 @dataclass
 class Run:
-    """The state of a run that callbacks see and may act on."""
+    """The state of a run that callbacks see and may act on.
+
+    >>> class StopAtHalf(Callback):
+    ...     def on_epoch_end(self, run: Run, logs: dict[str, float]) -> None:
+    ...         if run.epoch >= run.epochs // 2:
+    ...             run.stop("half way")
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Scheduler | None
     callbacks: list[Callback]
     device: torch.device
-    epochs: int
+    options: TrainOptions
     steps_per_epoch: int
     shuffle: torch.Generator
     metrics: Metrics
@@ -94,44 +92,27 @@ class Run:
         self.stop_reason = reason
 
     @property
+    def epochs(self) -> int:
+        return self.options.epochs
+
+    @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
 
-def resolve_loss(loss: str | Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    if callable(loss):
-        return loss
-    if loss not in LOSSES:
-        raise unknown_name("loss", loss, LOSSES)
-    return LOSSES[loss]
+@dataclass(frozen=True)
+class DeviceData:
+    """The training split (and the validation split, when it has samples) on the run's device."""
 
+    x: Tensor
+    y: Tensor
+    val: tuple[Tensor, Tensor] | None
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, loss: str | Callable = "cross_entropy", batch_size: int = 1024
-) -> dict[str, float]:
-    """Mean loss (and accuracy for classification) of `model` on (x, y), in eval mode.
-
-    The model's training mode is restored afterwards.
-    """
-    loss_fn = resolve_loss(loss)
-    was_training = model.training
-    model.eval()
-    try:
-        total = torch.zeros((), device=x.device, dtype=torch.float64)
-        correct = torch.zeros((), device=x.device, dtype=torch.int64)
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            out = model(xb)
-            total += loss_fn(out, yb).double() * len(xb)
-            if loss in CLASSIFICATION:
-                correct += (out.argmax(-1) == yb).sum()
-    finally:
-        model.train(was_training)
-    metrics = {"loss": float(total) / len(x)}
-    if loss in CLASSIFICATION:
-        metrics["accuracy"] = int(correct) / len(x)
-    return metrics
+    @classmethod
+    def of(cls, data: Any, device: torch.device) -> DeviceData:
+        val = getattr(data, "val", None)
+        val = (val.x.to(device), val.y.to(device)) if val is not None and len(val.y) > 0 else None
+        return cls(data.train.x.to(device), data.train.y.to(device), val)
 
 
 def fit(
@@ -139,24 +120,15 @@ def fit(
     data: Any,
     *,
     optimizer: torch.optim.Optimizer,
-    epochs: int,
-    batch_size: int = 32,
-    loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
     scheduler: Scheduler | None = None,
     callbacks: Sequence[Callback] = (),
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_norm: float | None = None,
-    seed: int = 0,
     device: str | torch.device | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
-    on_nonfinite: str = "stop",
     progress: bool = True,
-    precision: str = "fp32",
-    fast: bool = True,
-    compile: bool = False,
-    sync_batchnorm: bool = False,
+    options: TrainOptions | None = None,
+    explain_nonfinite: nonfinite.Explain | None = None,
+    **train_options: Any,
 ) -> History:
     """Train `model` on `data.train`, validating on `data.val` (when present) after each epoch.
 
@@ -167,10 +139,7 @@ def fit(
         scheduler: a torch LR scheduler. ReduceLROnPlateau steps once per epoch on the validation
             loss; any other steps after every optimizer step (``gradwell.optim.schedule``
             counts steps, like Keras schedules).
-        l1, l2: penalties on the weights of Linear and Conv layers, added to the loss.
-        max_norm: after each step, rescale each unit's incoming weights to this L2 norm at most.
-        seed: seeds the shuffling and every random op in the run (dropout); the global RNG is
-            left as it was when `fit` returns.
+        callbacks: gradwell.train.Callback objects, called at fixed points of the loop.
         device: where to train; defaults to the device of the model's first parameter.
         checkpoint_dir: write a checkpoint there after every epoch, and on Ctrl-C after the
             current step (the last two are kept). Data-parallel, process 0 writes, and a Ctrl-C
@@ -178,22 +147,23 @@ def fit(
         resume: continue from the newest good checkpoint in `checkpoint_dir`, mid-epoch if it was
             written on Ctrl-C; the run then ends with the same weights as one never interrupted
             (bitwise on CPU).
-        on_nonfinite: "stop" (default): a non-finite loss ends the run with a NonFiniteError that
-            names the step and the first layer that produced the value, found by replaying the
-            epoch; the model keeps the weights from before that step. "skip": a step with a
-            non-finite loss or gradient is not applied and is counted (``skipped`` in the
-            history); this reads the device on every step.
         progress: show a progress bar (rich) on stderr.
-        precision: "fp32", or "bf16" for bfloat16 autocast of forward and loss (weights, gradients
-            and optimizer state stay in float32).
-        fast: on a CUDA device, capture the whole step in a CUDA graph where it applies
-            (gradwell.train.fastpath says which path runs and why, in the log and in
-            ``History.path``); False always runs eagerly.
-        compile: run the forward pass through ``torch.compile``, which fuses bias, activation and
-            their backward into fewer kernels; worth it on GPUs, where kernel launches dominate,
-            rarely on CPUs, where the compile takes longer than it saves on short runs.
-        sync_batchnorm: when training data-parallel, BatchNorm statistics over all processes'
-            shards together (gradwell.train.distributed says how runs under torchrun work).
+        options: a gradwell.train.TrainOptions; keyword arguments below change single options.
+        explain_nonfinite: ``(model, x, y, loss_fn) -> clause`` naming where a bad step's batch
+            turns non-finite; by default gradwell.train.nonfinite.locate (the first module).
+        **train_options: the fields of TrainOptions, Keras-like: ``epochs`` (required unless
+            `options` is given), ``batch_size`` (32), ``loss`` ("cross_entropy", "mse",
+            "binary_cross_entropy" or a function), ``l1``, ``l2`` (penalties on Linear and Conv
+            weights, added to the loss), ``max_norm`` (after each step, each unit's incoming
+            weights at most this norm), ``seed`` (shuffling and every random op of the run; the
+            global RNG is left as it was), ``on_nonfinite`` ("stop": a non-finite loss ends the
+            run with a NonFiniteError naming the step and where it turned non-finite, found by
+            replaying the epoch, the model keeping the weights from before that step; "skip": a
+            non-finite step is not applied and is counted, reading the device every step),
+            ``precision`` ("fp32" or "bf16" autocast of forward and loss), ``fast`` (the fastest
+            training path that applies, gradwell.train.paths; False runs eagerly), ``compile``
+            (torch.compile the forward pass: worth it on GPUs, rarely on CPUs) and
+            ``sync_batchnorm`` (data-parallel runs: BatchNorm statistics over all processes).
 
     Returns the History: per epoch ``loss``, ``accuracy`` (classification), ``val_loss``,
     ``val_accuracy``, ``lr`` and ``time``. The training loss is the data loss alone, without
@@ -202,209 +172,162 @@ def fit(
     Raises gradwell's own errors (ConfigError, DataError, NonFiniteError) for bad arguments, data
     the model cannot take, and runs that diverge; `gradwell.train.guard.Interrupted` (a
     KeyboardInterrupt) on Ctrl-C, after writing the checkpoint.
+
+    >>> from types import SimpleNamespace
+    >>> from gradwell.data import Split
+    >>> x = torch.randn(64, 4)
+    >>> data = SimpleNamespace(train=Split(x, (x[:, 0] > 0).long()))  # any object with splits
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> history = fit(model, data, optimizer=optimizer, epochs=2, batch_size=16, progress=False)
+    >>> len(history.epochs), sorted(history.last)[:3]
+    (2, ['accuracy', 'epoch', 'loss'])
     """
-    check_fit_arguments(
-        epochs, batch_size, checkpoint_dir=checkpoint_dir, resume=resume, loss=loss, l1=l1, l2=l2,
-        max_norm=max_norm, precision=precision, on_nonfinite=on_nonfinite,
-    )  # fmt: skip
+    options = training_options(options, train_options)
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume=True needs a checkpoint_dir to resume from")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    x, y = data.train.x.to(device), data.train.y.to(device)
-    val = getattr(data, "val", None)
-    val = (val.x.to(device), val.y.to(device)) if val is not None and len(val.y) > 0 else None
-    check_data_fits_model(model, x, y, loss)
-    warn_if_penalties_break_self_normalization(model, l1, l2)
+    data = DeviceData.of(data, device)
+    check_data_fits_model(model, data.x, data.y, options.loss)
+    warn_if_penalties_break_self_normalization(model, options.l1, options.l2)
+    run, context, bar = start(model, optimizer, scheduler, callbacks, device, options, data, progress)
+    decision, path = choose(context)
+    log.info("%s", decision)
+    run.history.path = str(decision)
+    step = path.build(context)
+    explain = explain_nonfinite or nonfinite.locate
+    guard = EpochGuard(context, data, checkpoint_dir, lambda x, y: explain(model, x, y, context.loss_fn))
+    try:
+        with session(run, bar, options.seed):
+            if resume:
+                with step.user_view():
+                    state.restore(run, run.metrics, checkpoint_dir)
+            train_epochs(run, step, data, guard)
+    finally:
+        run.stop_vote.close()
+        step.close()
+    run.history.stop_reason = run.stop_reason or f"completed {options.epochs} epochs"
+    return run.history
+
+
+def training_options(options: TrainOptions | None, changes: dict[str, Any]) -> TrainOptions:
+    """`options` with `changes`, or TrainOptions made from `changes`; an unknown name is refused."""
+    if options is not None:
+        return options.replace(**changes) if changes else options
+    valid = [f.name for f in dataclasses.fields(TrainOptions)]
+    unknown = [name for name in changes if name not in valid]
+    if unknown:
+        return TrainOptions(epochs=1).replace(**{unknown[0]: None})  # raises, naming the valid ones
+    if "epochs" not in changes:
+        raise ConfigError("fit needs epochs (or options=TrainOptions(epochs=...))")
+    return TrainOptions(**changes)
+
+
+def start(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Scheduler | None,
+    callbacks: Sequence[Callback],
+    device: torch.device,
+    options: TrainOptions,
+    data: DeviceData,
+    progress: bool,
+) -> tuple[Run, StepContext, Callback | None]:
+    """The run's state, what the training paths see and the progress bar (None without one);
+    data-parallel set up when under torchrun."""
     parallel = distributed.active()
     if parallel:
-        distributed.check_batch_size(batch_size)
-        if sync_batchnorm:
+        distributed.check_batch_size(options.batch_size)
+        if options.sync_batchnorm:
             distributed.sync_batchnorm(model)
     callbacks = list(callbacks)
     bar = None
     if progress and distributed.is_main():
-        from gradwell.train.progress import ProgressBar
+        from gradwell.train.progress import ProgressBar  # rich's import costs a run without a bar
 
         bar = ProgressBar()
         callbacks.append(bar)
-    metrics = Metrics(device)
     run = Run(
-        model, optimizer, scheduler, callbacks, device, epochs,
-        len(x) // batch_size if parallel else -(-len(x) // batch_size),
-        torch.Generator(device=device).manual_seed(seed), metrics,
+        model, optimizer, scheduler, callbacks, device, options,
+        options.steps_per_epoch(len(data.x), drop_last=parallel),
+        torch.Generator(device=device).manual_seed(options.seed), Metrics(device),
     )  # fmt: skip
-    options = dict(
-        l1=l1, l2=l2, max_norm=max_norm, accuracy=loss in CLASSIFICATION, precision=precision,
-        forward=distributed.wrap(model, device) if parallel else torch.compile(model) if compile else None,
-    )  # fmt: skip
-    blockers = dict(
-        l1=l1 > 0,
-        l2=l2 > 0,
-        bf16=precision != "fp32",
-        skip=on_nonfinite == "skip",
-        compile=compile,
-        parallel=parallel,
+    forward = (
+        distributed.wrap(model, device) if parallel else torch.compile(model) if options.compile else None
     )
-    fast = fast and on_nonfinite == "stop" and not parallel
-    step, path = select_step(
-        run, resolve_loss(loss), x[:batch_size], y[:batch_size], options, on_nonfinite, fast, blockers
+    sample = (data.x[: options.batch_size], data.y[: options.batch_size])
+    context = StepContext(
+        model, optimizer, scheduler, run.metrics, options, device, sample, parallel, forward
     )
-    unfused = step.unfused if isinstance(step, FusedStep) else nullcontext
-
-    def replay() -> tuple[int, Tensor, Tensor] | None:
-        checks = Metrics(device)
-        checked = make_step(model, resolve_loss(loss), optimizer, checks, on_nonfinite="skip", **options)
-        return replay_to_first_bad_step(run, checked, checks, x, y, batch_size)
-
-    capturable = [group.get("capturable", False) for group in optimizer.param_groups]
-    if path.name == "cuda-graph":
-        prepare_for_capture(optimizer, device)
-    rng_devices = [device] if device.type == "cuda" else []
-    try:
-        with (
-            torch.random.fork_rng(devices=rng_devices, device_type=device.type),
-            closing(bar) if bar else nullcontext(),
-            stop_on_sigint(run),
-        ):
-            torch.manual_seed(seed)
-            if resume:
-                with unfused():
-                    state.restore(run, metrics, checkpoint_dir)
-            for callback in callbacks:
-                callback.on_train_begin(run)
-            while run.epoch < epochs and not run.stop_reason:
-                with unfused():
-                    epoch_start = state.snapshot(run, metrics) if on_nonfinite == "stop" else None
-                started = time.perf_counter()
-                logs, first_nonfinite = train_epoch(run, step, x, y, batch_size)
-                with unfused():
-                    check_epoch(run, first_nonfinite, epoch_start, replay, resolve_loss(loss), checkpoint_dir)
-                if val is not None:
-                    logs.update({f"val_{k}": v for k, v in evaluate(model, *val, loss).items()})
-                end_epoch(run, logs, started)
-                if checkpoint_dir is not None and distributed.is_main():
-                    with unfused():
-                        state.save(run, metrics, checkpoint_dir)
-                distributed.barrier()
-            if isinstance(step, FusedStep):
-                step.swap_out()
-            for callback in callbacks:
-                callback.on_train_end(run)
-    finally:
-        run.stop_vote.close()
-        if path.name == "cuda-graph":
-            restore_after_capture(optimizer, capturable)
-        if isinstance(step, FusedStep) and optimizer.param_groups is not step.user_groups:
-            step.swap_out()
-    run.history.stop_reason = run.stop_reason or f"completed {epochs} epochs"
-    return run.history
+    return run, context, bar
 
 
-def select_step(
-    run: Run,
-    loss_fn: Callable,
-    x: Tensor,
-    y: Tensor,
-    options: dict[str, Any],
-    on_nonfinite: str,
-    fast: bool,
-    blockers: dict[str, bool],
-) -> tuple[Callable, TrainingPath]:
-    """The step of the fastest path that applies (fastpath.choose_path), and the path, logged."""
-    step = make_step(run.model, loss_fn, run.optimizer, run.metrics, on_nonfinite=on_nonfinite, **options)
-    not_fused = why_not_fused(run.model, run.optimizer, **blockers)
-    path = choose_path(run.device, run.optimizer, run.scheduler, fast, not_fused)
-    log.info("%s", path)
-    run.history.path = str(path)
-    if path.name == "cuda-graph":
-        step = GraphedStep(step, x, y)
-    elif path.name == "fused-mlp":
-        step = FusedStep(
-            run.model,
-            loss_fn,
-            run.optimizer,
-            run.metrics,
-            accuracy=options["accuracy"],
-            max_norm=options["max_norm"],
-        )
-    return step, path
+def session(run: Run, bar: Any, seed: int) -> ExitStack:
+    """What training runs inside: a forked global RNG seeded with `seed`, the progress bar closed
+    at the end, Ctrl-C turned into a stop after the current step."""
+    device = run.device
+    stack = ExitStack()
+    stack.enter_context(
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type)
+    )
+    if bar is not None:
+        stack.enter_context(closing(bar))
+    stack.enter_context(stop_on_sigint(run))
+    torch.manual_seed(seed)
+    return stack
 
 
-def check_epoch(
-    run: Run,
-    first_nonfinite: int,
-    epoch_start: dict[str, Any] | None,
-    replay: Callable,
-    loss_fn: Callable,
-    checkpoint_dir: str | Path | None,
-) -> None:
-    """Raise for a Ctrl-C (after saving) or a non-finite loss (named by a replay) in the epoch."""
-    if run.interrupted:
-        raise interrupted(run, checkpoint_dir)
-    if first_nonfinite >= 0:  # the same step on every process (Metrics.read agrees on it)
-        raise explain_nonfinite(run, epoch_start, replay, loss_fn, first_nonfinite)
+@dataclass
+class EpochGuard:
+    """The end-of-epoch checks: a Ctrl-C (save, then stop) and a non-finite loss (replay the epoch
+    to its first bad step, then say where)."""
+
+    context: StepContext
+    data: DeviceData
+    checkpoint_dir: str | Path | None
+    where: Callable[[Tensor, Tensor], str]
+
+    def snapshot(self, run: Run) -> dict[str, Any] | None:
+        """The state to replay the epoch from; none is kept when non-finite steps are skipped."""
+        return state.snapshot(run, run.metrics) if self.context.options.on_nonfinite == "stop" else None
+
+    def check(self, run: Run, first_nonfinite: int, epoch_start: dict[str, Any] | None) -> None:
+        if run.interrupted:
+            raise interrupted(run, self.checkpoint_dir)
+        if first_nonfinite >= 0:  # the same step on every process (Metrics.read agrees on it)
+            raise explain_nonfinite(run, epoch_start, lambda: self.replay(run), self.where, first_nonfinite)
+
+    def replay(self, run: Run) -> tuple[int, Tensor, Tensor] | None:
+        checks = Metrics(run.device)
+        checked = dataclasses.replace(self.context, metrics=checks).eager_step(on_nonfinite="skip")
+        return replay_to_first_bad_step(run, checked, checks, self.data, self.context.options.batch_size)
+
+    def save(self, run: Run) -> None:
+        if self.checkpoint_dir is not None and distributed.is_main():
+            state.save(run, run.metrics, self.checkpoint_dir)
 
 
-def check_fit_arguments(
-    epochs: int,
-    batch_size: int,
-    *,
-    checkpoint_dir: Any = None,
-    resume: bool = False,
-    loss: Any = "cross_entropy",
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_norm: float | None = None,
-    precision: str = "fp32",
-    on_nonfinite: str = "stop",
-) -> None:
-    """Every argument of `fit` that does not need the model or the data, checked at once.
-
-    `gradwell.job.prepare` calls it too, so that a bad [train] value fails before a run folder exists.
-    """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(f"epochs must be a positive int; got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive int; got {batch_size!r}")
-    if resume and checkpoint_dir is None:
-        raise ConfigError("resume=True needs a checkpoint_dir to resume from")
-    resolve_loss(loss)
-    check_finite("l1", l1, low=0.0)
-    check_finite("l2", l2, low=0.0)
-    if max_norm is not None:
-        check_finite("max_norm", max_norm, low=0.0, low_open=True)
-    check_step_options(precision, on_nonfinite)
-
-
-def check_data_fits_model(model: nn.Module, x: Tensor, y: Tensor, loss: Any) -> None:
-    """Fail before training when the data cannot go through the model, naming both shapes."""
-    if len(x) == 0 or len(x) != len(y):
-        raise DataError(
-            f"the training split has {len(x)} samples and {len(y)} labels; it needs as many "
-            "of each, and at least one"
-        )
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[0])
-        raise DataError(f"training sample {bad} holds a non-finite value (NaN or infinity)")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            output = model(x[:2])
-    except RuntimeError as error:
-        raise DataError(f"the model cannot take inputs of shape {tuple(x.shape[1:])}: {error}") from None
-    finally:
-        model.train(was_training)
-    if loss in ELEMENTWISE and (y.shape[1:] != output.shape[1:] or not y.is_floating_point()):
-        raise DataError(
-            f"loss {loss!r} compares each output with a float target of the same shape: the model "
-            f"gives {tuple(output.shape[1:])} per sample, the labels are {y.dtype} of shape "
-            f"{tuple(y.shape[1:])}; for integer class labels use loss 'cross_entropy'"
-        )
-    if loss == "cross_entropy" and output.dim() == 2 and int(y.max()) >= output.shape[1]:
-        raise DataError(
-            f"labels go up to {int(y.max())}, but the model has {output.shape[1]} outputs; "
-            f"it needs {int(y.max()) + 1} for these classes"
-        )
+def train_epochs(run: Run, step: BuiltStep, data: DeviceData, guard: EpochGuard) -> None:
+    """Epochs until the last one or a callback's stop; the optimizer is the user's again after."""
+    for callback in run.callbacks:
+        callback.on_train_begin(run)
+    while run.epoch < run.epochs and not run.stop_reason:
+        with step.user_view():
+            epoch_start = guard.snapshot(run)
+        started = time.perf_counter()
+        logs, first_nonfinite = train_epoch(run, step, data.x, data.y, run.options.batch_size)
+        with step.user_view():
+            guard.check(run, first_nonfinite, epoch_start)
+        if data.val is not None:
+            logs.update({f"val_{k}": v for k, v in evaluate(run.model, *data.val, run.options.loss).items()})
+        end_epoch(run, logs, started)
+        with step.user_view():
+            guard.save(run)
+        distributed.barrier()
+    step.close()
+    for callback in run.callbacks:
+        callback.on_train_end(run)
 
 
 def epoch_batches(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -424,7 +347,7 @@ def epoch_batches(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Iterator[t
 
 
 def train_epoch(
-    run: Run, step: Callable, x: Tensor, y: Tensor, batch_size: int
+    run: Run, step: BuiltStep, x: Tensor, y: Tensor, batch_size: int
 ) -> tuple[dict[str, float], int]:
     """Train from `run.position` to the end of the epoch (or to a Ctrl-C).
 
@@ -434,12 +357,13 @@ def train_epoch(
     if run.position == 0:
         run.metrics.start_epoch(run.step)
     per_step = run.scheduler is not None and not isinstance(run.scheduler, ReduceLROnPlateau)
-    takes_eager = isinstance(step, GraphedStep | FusedStep)  # can run a step eagerly when asked
+    # only callbacks that may hook into a step are asked, every step, whether they will
+    watchers = [c for c in run.callbacks if type(c).needs_eager_step is not Callback.needs_eager_step]
     for xb, yb in epoch_batches(run, x, y, batch_size):
-        eager = takes_eager and needs_eager_step(run.callbacks, run)
+        eager = any(callback.needs_eager_step(run) for callback in watchers)
         for callback in run.callbacks:
             callback.on_step_begin(run)
-        loss = step(xb, yb, eager=eager) if takes_eager else step(xb, yb)
+        loss = step(xb, yb, eager=eager)
         run.step += 1
         run.position += 1
         if per_step:
@@ -454,12 +378,12 @@ def train_epoch(
 
 
 def replay_to_first_bad_step(
-    run: Run, checked: Callable, checks: Metrics, x: Tensor, y: Tensor, batch_size: int
+    run: Run, checked: Callable, checks: Metrics, data: DeviceData, batch_size: int
 ) -> tuple[int, Tensor, Tensor] | None:
     """Train with a step that refuses non-finite updates until it refuses one; return that step."""
     run.model.train()
     per_step = run.scheduler is not None and not isinstance(run.scheduler, ReduceLROnPlateau)
-    for xb, yb in epoch_batches(run, x, y, batch_size):
+    for xb, yb in epoch_batches(run, data.x, data.y, batch_size):
         checked(xb, yb)
         if distributed.any_process(int(checks.skipped) > 0):  # data-parallel: all stop together
             return run.step, xb, yb

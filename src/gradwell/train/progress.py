@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -14,7 +16,9 @@ from rich.progress import (
 from torch import Tensor
 
 from gradwell.train.callbacks import Callback
-from gradwell.train.loop import Run
+
+if TYPE_CHECKING:
+    from gradwell.train.loop import Run
 
 
 def format_metrics(logs: dict[str, float]) -> str:

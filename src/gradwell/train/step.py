@@ -3,7 +3,7 @@
 A step is forward, loss, backward, optimizer update (gradient clipping is the optimizer's
 business: gradwell's optimizers take ``clipvalue``, ``clipnorm`` or ``global_clipnorm``) and
 max-norm, then it adds its loss and hits to `Metrics`. Nothing in it reads a device value on the
-host, so the same step runs eagerly or captured in a CUDA graph (gradwell.train.fastpath); the
+host, so the same step runs eagerly or captured in a CUDA graph (gradwell.train.cuda_graph); the
 one exception is ``on_nonfinite="skip"``, which must look at each step's loss and gradients
 before deciding whether to apply the update.
 """
@@ -11,21 +11,20 @@ before deciding whether to apply the update.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from gradwell.clip import global_norm
-from gradwell.errors import unknown_name
 from gradwell.regularize import l1_l2_penalty, max_norm_, regularized_weights
 from gradwell.train import distributed
+from gradwell.train.losses import resolve_loss
+from gradwell.train.options import TrainOptions, check_step_options
 
 Step = Callable[[Tensor, Tensor], Tensor]
-
-PRECISIONS = ("fp32", "bf16")
-NONFINITE = ("stop", "skip")
 
 
 class Metrics:
@@ -90,14 +89,6 @@ class Metrics:
             getattr(self, name).copy_(state[name])
 
 
-def check_step_options(precision: str, on_nonfinite: str) -> None:
-    """The names a step takes, checked before any step runs (by `make_step`, and by `fit` earlier)."""
-    if precision not in PRECISIONS:
-        raise unknown_name("precision", precision, PRECISIONS)
-    if on_nonfinite not in NONFINITE:
-        raise unknown_name("on_nonfinite", on_nonfinite, NONFINITE)
-
-
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for forward and loss, or nothing for fp32 (a precision checked already)."""
     if precision == "fp32":
@@ -155,3 +146,62 @@ def make_step(
         return loss
 
     return step
+
+
+@dataclass
+class StepContext:
+    """What a training path (gradwell.train.paths) sees to decide whether it applies and to build
+    its step: the run's parts, its options, and one full batch (the shapes a captured step keeps)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    metrics: Metrics
+    options: TrainOptions
+    device: torch.device
+    sample: tuple[Tensor, Tensor]
+    parallel: bool = False
+    forward: Callable[[Tensor], Tensor] | None = None  # replaces model(x): compiled or data-parallel
+
+    @property
+    def loss_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
+        return resolve_loss(self.options.loss)
+
+    def eager_step(self, on_nonfinite: str | None = None) -> Step:
+        """`make_step` with the run's options (`on_nonfinite` overrides the run's, for replays)."""
+        options = self.options
+        return make_step(
+            self.model, self.loss_fn, self.optimizer, self.metrics, l1=options.l1, l2=options.l2,
+            max_norm=options.max_norm, accuracy=options.classification, precision=options.precision,
+            forward=self.forward, on_nonfinite=on_nonfinite or options.on_nonfinite,
+        )  # fmt: skip
+
+
+class EagerStep:
+    """`make_step`'s step behind the interface every path's step has (gradwell.train.paths)."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+
+    def __call__(self, x: Tensor, y: Tensor, eager: bool = False) -> Tensor:
+        return self.step(x, y)
+
+    def user_view(self) -> AbstractContextManager[None]:
+        return nullcontext()  # the optimizer holds the user's parameters throughout
+
+    def close(self) -> None:
+        """Nothing to give back."""
+
+
+class EagerPath:
+    """Forward, autograd, optimizer step: works for every model, and is the fallback."""
+
+    name = "eager"
+    description = "autograd on the model as it is"
+    device_types = None
+
+    def refusal(self, context: StepContext) -> str | None:
+        return None
+
+    def build(self, context: StepContext) -> EagerStep:
+        return EagerStep(context.eager_step())

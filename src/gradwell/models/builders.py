@@ -1,4 +1,4 @@
-"""Model builders that apply the chapter's recipes by default, and a Keras-style summary.
+"""Model builders that apply the chapter's recipes by default.
 
 ``mlp`` and ``cnn`` return a plain ``nn.Sequential`` whose top-level children are the model's
 layers, so folding, transfer learning (``reuse(drop_top=...)``) and freezing work on it:
@@ -18,39 +18,30 @@ lists them); the stability doctor probes each block's activation output.
 Defaults follow the chapter: the initializer of its table for the activation (``init="auto"``),
 biases at 0 (Keras), BatchNorm with momentum 0.99, the layer before a BatchNorm without a bias
 (the BatchNorm's beta takes its place), AlphaDropout with SELU, and a warning when a SELU network
-breaks the conditions of self-normalization (Klambauer et al., 2017).
+breaks the conditions of self-normalization (Klambauer et al., 2017; ``gradwell.selfnorm``).
+``gradwell.models.summary(model)`` shows a built model's layers the way Keras does.
 """
 
 from __future__ import annotations
 
 import copy
-import io
-import itertools
 import math
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-import torch
-from rich.console import Console
-from rich.table import Table
-from torch import Generator, Tensor, nn
+from torch import Generator, nn
 
 from gradwell.activations import get_activation
 from gradwell.errors import GradwellError, check_finite, unknown_name
 from gradwell.init import INITIALIZERS, Initializer, get_initializer, recommended_initializer
 from gradwell.norm import BatchNorm
+from gradwell.selfnorm import warn_if_not_self_normalizing
 
 ActivationSpec = str | nn.Module | Callable[..., nn.Module] | None
 BATCHNORM_POSITIONS = (None, "before", "after")
 POOLS = ("max", "avg", None)
 DEFAULT_HIDDEN = (300, 100)  # the chapter's MNIST MLP
-LECUN = (INITIALIZERS["lecun_normal"], INITIALIZERS["lecun_uniform"])
-
-
-class SelfNormalizationWarning(UserWarning):
-    """A SELU network breaks a condition under which it self-normalizes."""
 
 
 @dataclass(frozen=True)
@@ -200,53 +191,6 @@ def hidden_widths(hidden: Sequence[int] | None, depth: int | None, width: int | 
     return (positive_int("width", width),) * depth
 
 
-def check_self_normalizing(
-    model: nn.Module, l1: float = 0.0, l2: float = 0.0, init: str | Initializer | None = None
-) -> list[str]:
-    """The conditions of self-normalization that a SELU `model` breaks, as messages (empty if none).
-
-    Klambauer et al. (2017) prove that a stack of dense SELU layers keeps its outputs near mean 0
-    and variance 1 when the weights are LeCun-initialized (variance 1/fan_in; the chapter asks for
-    LeCun normal, LeCun uniform has the same variance) and the network is sequential with
-    standardized inputs. Batch normalization, regular dropout and l1/l2 penalties break it. Checked
-    here: `init` (a name or initializer, when known), BatchNorm layers, non-alpha dropout with a
-    positive rate, and `l1`/`l2`. Not checkable: skip connections and unstandardized inputs.
-    A model without SELU gives an empty list.
-    """
-    if not any(isinstance(m, nn.SELU) for m in model.modules()):
-        return []
-    problems = []
-    lecun = init in (None, "auto", "lecun_normal", "lecun_uniform", *LECUN)
-    if not lecun and (isinstance(init, str) or init in INITIALIZERS.values()):
-        problems.append(f"init {init!r} is not LeCun normal; SELU self-normalizes with variance 1/fan_in")
-    if any(isinstance(m, (BatchNorm, nn.modules.batchnorm._BatchNorm)) for m in model.modules()):
-        problems.append("batch normalization breaks SELU's self-normalization; drop batchnorm")
-    regular = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-    if any(isinstance(m, regular) and m.p > 0 for m in model.modules()):
-        problems.append("regular dropout breaks SELU's self-normalization; use AlphaDropout")
-    if l1 > 0 or l2 > 0:
-        problems.append(penalty_problem(l1, l2))
-    return problems
-
-
-def penalty_problem(l1: float, l2: float) -> str:
-    return (
-        f"l1={l1:g}, l2={l2:g}: weight penalties break SELU's self-normalization; "
-        "regularize with AlphaDropout instead"
-    )
-
-
-def warn_if_not_self_normalizing(model: nn.Module, init: str | Initializer) -> None:
-    for problem in check_self_normalizing(model, init=init):
-        warnings.warn(problem, SelfNormalizationWarning, stacklevel=3)
-
-
-def warn_if_penalties_break_self_normalization(model: nn.Module, l1: float, l2: float) -> None:
-    """What l1/l2 add to a SELU model's problems (the builder warned about the model's own)."""
-    if (l1 > 0 or l2 > 0) and any(isinstance(m, nn.SELU) for m in model.modules()):
-        warnings.warn(penalty_problem(l1, l2), SelfNormalizationWarning, stacklevel=3)
-
-
 def output_layer(in_features: int, out_features: int, init: str | Initializer, generator: Generator | None):
     """The logits layer: Glorot uniform (the chapter's table for none/softmax) unless init="torch"."""
     layer = nn.utils.skip_init(nn.Linear, in_features, positive_int("out_features", out_features))
@@ -296,6 +240,17 @@ def mlp(
         generator: for a reproducible initialization; None draws from torch's global RNG.
 
     Warns ``SelfNormalizationWarning`` when a SELU network breaks self-normalization.
+
+    >>> import torch
+    >>> net = mlp((4, 4), 3, [8], batchnorm="before", generator=torch.Generator().manual_seed(0))
+    >>> list(dict(net.named_children())), list(dict(net.hidden1.named_children()))
+    (['flatten', 'hidden1', 'output'], ['linear', 'norm', 'activation'])
+    >>> net.hidden1.linear  # no bias: the BatchNorm's beta takes its place
+    Linear(in_features=16, out_features=8, bias=False)
+    >>> net(torch.randn(5, 4, 4)).shape
+    torch.Size([5, 3])
+    >>> [block.activation for _, block in hidden_blocks(mlp(6, 2, depth=2, width=4, activation="selu"))]
+    [SELU(), SELU()]
     """
     widths = hidden_widths(hidden, depth, width)
     shape = positive_ints("in_features", in_features)
@@ -375,6 +330,15 @@ def cnn(
     Conv2d layers; a shape without channels gets an nn.Unflatten adding one, so mnist1d's (40,),
     digits' (8, 8) and MNIST's (28, 28) work as they are. Two numbers mean (H, W) unless
     ``dims=1``, which reads them as (C, L). The other options are ``mlp``'s.
+
+    >>> import torch
+    >>> net = cnn((8, 8), 10, channels=[4, 8], batchnorm="after", dropout=0.1)
+    >>> list(dict(net.named_children()))
+    ['unflatten', 'conv1', 'conv2', 'global_pool', 'output']
+    >>> list(dict(net.conv1.named_children()))
+    ['conv', 'activation', 'norm', 'pool', 'dropout']
+    >>> net(torch.randn(2, 8, 8)).shape, type(cnn((40,), 2, [4]).conv1.conv).__name__
+    (torch.Size([2, 10]), 'Conv1d')
     """
     in_channels, spatial, unflatten = conv_input(in_shape, dims)
     widths = positive_ints("channels", channels)
@@ -423,149 +387,13 @@ def finish(model: nn.Sequential, input_shape: tuple[int, ...], init: str | Initi
 
 
 def hidden_blocks(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
-    """The top-level blocks of a built model: nn.Sequential children with an ``activation`` child."""
+    """The top-level blocks of a built model: nn.Sequential children with an ``activation`` child.
+
+    >>> [name for name, _ in hidden_blocks(mlp(4, 2, [3, 3], input_batchnorm=True))]
+    ['hidden1', 'hidden2']
+    """
     return [
         (name, child)
         for name, child in model.named_children()
         if isinstance(child, nn.Sequential) and hasattr(child, "activation")
     ]
-
-
-@dataclass(frozen=True)
-class SummaryRow:
-    """One layer: its dotted name, class, output shape (None for the batch axis) and parameter counts."""
-
-    name: str
-    type: str
-    output_shape: tuple[int | None, ...] | None
-    trainable: int
-    non_trainable: int
-
-
-@dataclass(frozen=True)
-class Summary:
-    """A model's layers and parameter counts, as Keras's ``model.summary()`` shows them."""
-
-    rows: tuple[SummaryRow, ...]
-
-    @property
-    def trainable(self) -> int:
-        return sum(row.trainable for row in self.rows)
-
-    @property
-    def non_trainable(self) -> int:
-        return sum(row.non_trainable for row in self.rows)
-
-    @property
-    def total(self) -> int:
-        return self.trainable + self.non_trainable
-
-    def to_dict(self) -> dict:
-        return {
-            "layers": [asdict(row) for row in self.rows],
-            "trainable": self.trainable,
-            "non_trainable": self.non_trainable,
-            "total": self.total,
-        }
-
-    def __rich__(self) -> Table:
-        table = Table(
-            "layer",
-            "type",
-            "output shape",
-            "trainable",
-            "non-trainable",
-            caption=f"Total params: {self.total:,}",
-        )
-        for row in self.rows:
-            shape = "?" if row.output_shape is None else str(row.output_shape).replace(",)", ")")
-            table.add_row(row.name, row.type, shape, f"{row.trainable:,}", f"{row.non_trainable:,}")
-        table.add_section()
-        table.add_row("total", "", "", f"{self.trainable:,}", f"{self.non_trainable:,}")
-        return table
-
-    def __str__(self) -> str:
-        console = Console(file=io.StringIO(), width=120, color_system=None)
-        console.print(self)
-        return console.file.getvalue()
-
-
-def summary(model: nn.Module, example: Tensor | Sequence[int] | None = None) -> Summary:
-    """The layers of `model` with their output shapes and trainable / non-trainable parameter counts.
-
-    A row per leaf module and per module holding parameters itself, with its dotted name. Trainable
-    counts parameters with requires_grad; non-trainable counts frozen parameters and floating-point
-    buffers, i.e. BatchNorm's moving mean and variance (the chapter: a BN layer has 4 parameters
-    per feature, 2 of them non-trainable), not the integer ``num_batches_tracked``. A parameter
-    shared by several layers counts once.
-
-    `example` is a batch, or an input shape without the batch axis (a zero batch of 1 is made);
-    it runs once in eval mode under no_grad to record output shapes, so BatchNorm statistics and
-    the RNG are untouched, and each module's training flag is restored. It defaults to the
-    ``input_shape`` that `mlp` and `cnn` record on their models; without either, shapes are
-    unknown (lazy modules then cannot be counted).
-    """
-    if example is None:
-        example = getattr(model, "input_shape", None)
-    if example is not None:
-        shapes = output_shapes(model, example)
-    else:
-        shapes = {}
-        if any(nn.parameter.is_lazy(t) for t in (*model.parameters(), *model.buffers())):
-            raise GradwellError("the model has lazy (uninitialized) layers; pass an example input to summary")
-    seen: set[int] = set()
-    return Summary(tuple(summary_row(name, module, shapes.get(name), seen) for name, module in layers(model)))
-
-
-def layers(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
-    """Modules that are leaves or hold parameters or buffers themselves (not mere containers)."""
-    for name, module in model.named_modules():
-        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-        if own or not any(True for _ in module.children()):
-            yield name, module
-
-
-def summary_row(
-    name: str, module: nn.Module, shape: tuple[int | None, ...] | None, seen: set[int]
-) -> SummaryRow:
-    trainable = non_trainable = 0
-    for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
-        if id(tensor) in seen or not tensor.is_floating_point():
-            continue
-        seen.add(id(tensor))
-        if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
-            trainable += tensor.numel()
-        else:
-            non_trainable += tensor.numel()
-    return SummaryRow(name or type(module).__name__, type(module).__name__, shape, trainable, non_trainable)
-
-
-def output_shapes(model: nn.Module, example: Tensor | Sequence[int]) -> dict[str, tuple[int | None, ...]]:
-    """Each layer's output shape (batch axis as None) from one eval-mode pass without side effects."""
-    if not isinstance(example, Tensor):
-        reference = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0))
-        dtype = reference.dtype if reference.is_floating_point() else torch.get_default_dtype()
-        example = torch.zeros(
-            (1, *positive_ints("example shape", example)), dtype=dtype, device=reference.device
-        )
-    shapes: dict[str, tuple[int | None, ...]] = {}
-
-    def record(name: str) -> Callable:
-        def hook(module: nn.Module, inputs: object, output: object) -> None:
-            if isinstance(output, Tensor) and name not in shapes:
-                shapes[name] = (None, *output.shape[1:])
-
-        return hook
-
-    modes = {module: module.training for module in model.modules()}
-    handles = [module.register_forward_hook(record(name)) for name, module in model.named_modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.training = training
-    return shapes

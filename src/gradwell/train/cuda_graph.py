@@ -1,4 +1,4 @@
-"""The fast path: the whole training step captured in one CUDA graph and replayed.
+"""The CUDA-graph path: the whole training step captured in one CUDA graph and replayed.
 
 Small deep networks spend most of an eager step launching kernels, not running them: the
 chapter's 100-layer MLP launches over a thousand per step. A CUDA graph records the step's
@@ -15,38 +15,27 @@ them with one launch. What that needs, and how fit provides it:
 - callbacks that look inside a step (the stability doctor's Monitor, on the steps it samples)
   get an eager step there: a graph replay runs no Python hooks.
 
-Where one of these cannot hold, `choose_path` says why and fit runs eagerly. On a CPU, where there
-are no graphs, the fused MLP step (gradwell.train.fused) plays the same part for plain MLPs.
+Where one of these cannot hold, `CudaGraphPath.refusal` says why and fit takes the next path of
+gradwell.train.paths. On a CPU, where there are no graphs, the fused MLP step
+(gradwell.train.fused) plays the same part for plain MLPs.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import OneCycleLR
 
-from gradwell.train.callbacks import Callback
-from gradwell.train.step import Step
+from gradwell.train.step import Step, StepContext
 
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch's CUDA graph docs require
-
-
-@dataclass(frozen=True)
-class TrainingPath:
-    """Which step runs, and why: shown to the user as one log line."""
-
-    name: str  # "cuda-graph" or "eager"
-    reason: str
-
-    def __str__(self) -> str:
-        return f"training path: {self.name} ({self.reason})"
 
 
 def can_capture(optimizer: torch.optim.Optimizer) -> bool:
@@ -56,39 +45,6 @@ def can_capture(optimizer: torch.optim.Optimizer) -> bool:
 
 def cycles_momentum(scheduler: Any) -> bool:
     return isinstance(scheduler, OneCycleLR) and getattr(scheduler, "cycle_momentum", False)
-
-
-def choose_path(
-    device: torch.device,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    fast: bool = True,
-    not_fused: str | None = "not checked",
-) -> TrainingPath:
-    """The fastest path that applies, with the reason; `not_fused` says why the fused step cannot run.
-
-    On a CUDA device: the whole step in a CUDA graph. Elsewhere: the fused MLP step
-    (gradwell.train.fused) for a plain Linear + activation stack. Otherwise eager.
-    """
-    if not fast:
-        return TrainingPath("eager", "fast=False")
-    if device.type != "cuda":
-        if not_fused is None:
-            return TrainingPath(
-                "fused-mlp", "Linear + activation stack: hand-written backward, one flat parameter buffer"
-            )
-        return TrainingPath(
-            "eager", f"CUDA graphs need a CUDA device, and the fused MLP step does not apply: {not_fused}"
-        )
-    if not can_capture(optimizer):
-        return TrainingPath("eager", f"{type(optimizer).__name__} has no capturable mode")
-    if cycles_momentum(scheduler):
-        return TrainingPath(
-            "eager", "the 1cycle schedule changes momentum, which a captured graph would freeze"
-        )
-    return TrainingPath(
-        "cuda-graph", "static batch shape, capturable optimizer; the last partial batch runs eagerly"
-    )
 
 
 def prepare_for_capture(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -157,6 +113,42 @@ class GraphedStep:
         return self.loss
 
 
-def needs_eager_step(callbacks: Sequence[Callback], run: Any) -> bool:
-    """Whether a callback looks inside the coming step (hooks), which a graph replay would skip."""
-    return any(callback.needs_eager_step(run) for callback in callbacks)
+class CudaGraphPath:
+    """The whole step in one CUDA graph, replayed; see the module docstring."""
+
+    name = "cuda-graph"
+    description = "static batch shape, capturable optimizer; the last partial batch runs eagerly"
+    device_types = None  # it says itself why it needs a CUDA device
+
+    def refusal(self, context: StepContext) -> str | None:
+        options = context.options
+        if context.device.type != "cuda":
+            return "CUDA graphs need a CUDA device"
+        if not can_capture(context.optimizer):
+            return f"{type(context.optimizer).__name__} has no capturable mode"
+        if cycles_momentum(context.scheduler):
+            return "the 1cycle schedule changes momentum, which a captured graph would freeze"
+        if options.on_nonfinite == "skip":
+            return "on_nonfinite='skip' reads the loss on the host at every step"
+        if context.parallel:
+            return "data-parallel steps synchronize the processes"
+        return None
+
+    def build(self, context: StepContext) -> CapturedStep:
+        return CapturedStep(context)
+
+
+class CapturedStep(GraphedStep):
+    """A GraphedStep over fit's eager step, with the optimizer made capturable while it runs."""
+
+    def __init__(self, context: StepContext) -> None:
+        self.optimizer = context.optimizer
+        self.capturable = [group.get("capturable", False) for group in self.optimizer.param_groups]
+        prepare_for_capture(self.optimizer, context.device)
+        super().__init__(context.eager_step(), *context.sample)
+
+    def user_view(self) -> AbstractContextManager[None]:
+        return nullcontext()  # the optimizer keeps the user's parameters and state throughout
+
+    def close(self) -> None:
+        restore_after_capture(self.optimizer, self.capturable)

@@ -1,0 +1,219 @@
+"""The recipe: a config becomes data, model, optimizer, schedule and training options.
+
+Every command goes through here (``gradwell train``, ``diagnose``, ``compare``, ``claims``,
+``transfer``), and so does the experiment runner, one seed at a time or seed-batched:
+
+    recipe(config)          the data loaded and the device chosen: a Recipe, which builds the
+                            model of any seed, its optimizer, the schedule spanning the run
+    prepare(config)         one run's model, optimizer and schedule: a Prepared, which knows its
+                            step count and trains with ``.fit()``
+
+Everything a config names is built and checked here, before a run folder is made or a step is
+taken, so a bad config fails fast and writes nothing. A [train] value given to `recipe` or
+`prepare` (``prepare(config, epochs=3)``) replaces the config's before anything is sized by it:
+a 1cycle schedule then spans the 3 epochs that are trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradwell import data as datasets
+from gradwell import models, optim
+from gradwell.config import Config, TrainConfig, check_call
+from gradwell.errors import ConfigError, unknown_name
+from gradwell.train import Callback, History, distributed, fit
+from gradwell.train.losses import check_data_fits_model
+
+BUILDERS = {"mlp": models.mlp, "cnn": models.cnn}
+RUN_ARGUMENTS = ("checkpoint_dir", "resume", "progress", "explain_nonfinite")  # fit's, not [train]'s
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device train.device names; under torchrun, this process's device whatever it names."""
+    if distributed.active():
+        return distributed.device()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device = {name!r} is not a device; valid: auto, cpu, cuda, cuda:N"
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(
+            f"train.device = {name!r}: gradwell trains on cpu or cuda; valid: auto, cpu, cuda, cuda:N"
+        )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r}, but CUDA is not available here; use 'auto' or 'cpu'")
+    return device
+
+
+def load_data(config: Config) -> datasets.Dataset:
+    """The [data] section's dataset, standardized on its training split unless it says not to."""
+    options = dict(config.data)
+    name = options.pop("name", "mnist1d")
+    standardize = options.pop("standardize", True)
+    if not isinstance(standardize, bool):
+        raise ConfigError(f"data.standardize = {standardize!r} has the wrong type: expected bool")
+    dataset = datasets.load(name, **options)
+    return datasets.standardize(dataset)[0] if standardize else dataset
+
+
+def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
+    """The [model] section's model for `dataset`, initialized from a generator seeded by train.seed."""
+    options = dict(config.model)
+    kind = options.pop("kind", "mlp")
+    if not isinstance(kind, str) or kind not in BUILDERS:
+        raise unknown_name("model kind", kind, BUILDERS)
+    builder = BUILDERS[kind]
+    check_call("model", builder, options, skip=("in_features", "in_shape", "out_features", "generator"))
+    generator = torch.Generator().manual_seed(config.train.seed)
+    return builder(dataset.feature_shape, dataset.num_classes, **options, generator=generator)
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The [optimizer] section's optimizer over the model's parameters (Nadam by default)."""
+    options = dict(config.optimizer)
+    return optim.create(options.pop("name", "nadam"), model.parameters(), **options)
+
+
+def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int) -> Any:
+    """The config's schedule over a run of `steps` optimizer steps (None for name = "none").
+
+    1cycle spans the run by default: its last rate is the one the last step uses.
+    """
+    options = dict(config.schedule)
+    name = options.pop("name", "none")
+    if name == "none":
+        return None
+    if name == "onecycle":
+        options.setdefault("total_steps", steps)
+        options.setdefault("max_lr", float(optimizer.param_groups[0]["lr"]))
+    return optim.schedule(name, optimizer, **options)
+
+
+def with_train(config: Config, **train: Any) -> Config:
+    """`config` with [train] values replaced (checked, as a config's own are)."""
+    return dataclasses.replace(config, train=config.train.replace(**train)) if train else config
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A config with its data loaded and its device chosen: what every run of it is built from.
+
+    >>> from gradwell import config as configs
+    >>> config = configs.from_dict({"data": {"name": "digits"}, "train": {"epochs": 2}})
+    >>> r = recipe(config)
+    >>> r.steps, type(r.model(seed=1)).__name__
+    (42, 'Sequential')
+    """
+
+    config: Config
+    dataset: datasets.Dataset
+    device: torch.device
+
+    @property
+    def options(self) -> TrainConfig:
+        return self.config.train
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the whole run: what a schedule spanning it is sized for."""
+        return self.options.steps(len(self.dataset.train))
+
+    def model(self, seed: int | None = None) -> nn.Module:
+        """The model of `seed` (train.seed by default), on the device."""
+        config = self.config if seed is None else with_train(self.config, seed=seed)
+        return build_model(config, self.dataset).to(self.device)
+
+    def check(self, model: nn.Module) -> None:
+        """DataError before training when the data cannot go through `model`."""
+        train = self.dataset.train
+        check_data_fits_model(model, train.x.to(self.device), train.y.to(self.device), self.options.loss)
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(self.config, model)
+
+    def schedule(self, optimizer: torch.optim.Optimizer) -> Any:
+        return build_schedule(self.config, optimizer, self.steps)
+
+    def prepare(self, seed: int | None = None) -> Prepared:
+        """One run: the model of `seed`, checked against the data, its optimizer and schedule."""
+        config = self.config if seed is None else with_train(self.config, seed=seed)
+        model = build_model(config, self.dataset).to(self.device)
+        self.check(model)
+        optimizer = build_optimizer(config, model)
+        return Prepared(dataclasses.replace(self, config=config), model, optimizer, self.schedule(optimizer))
+
+
+@dataclass
+class Prepared:
+    """Everything one run needs, built and checked from a config; ``.fit()`` trains it."""
+
+    recipe: Recipe
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+    @property
+    def config(self) -> Config:
+        return self.recipe.config
+
+    @property
+    def dataset(self) -> datasets.Dataset:
+        return self.recipe.dataset
+
+    @property
+    def device(self) -> torch.device:
+        return self.recipe.device
+
+    @property
+    def steps(self) -> int:
+        return self.recipe.steps
+
+    def fit(self, callbacks: list[Callback] | tuple[Callback, ...] = (), **overrides: Any) -> History:
+        """Train with the config's [train] options, its early stopping before `callbacks`.
+
+        `overrides` are fit's run arguments (checkpoint_dir, resume, progress, explain_nonfinite)
+        or [train] values that leave the step count alone; epochs and batch_size size the schedule,
+        so they go to `prepare`.
+        """
+        run = {"progress": self.config.output.progress}
+        run.update({key: overrides.pop(key) for key in RUN_ARGUMENTS if key in overrides})
+        options = self.recipe.options.replace(**overrides) if overrides else self.recipe.options
+        if options.steps(len(self.dataset.train)) != self.steps:
+            raise ConfigError(
+                f"{', '.join(overrides)} changes the run's step count, which its schedule was sized "
+                "for: give it to gradwell.build.prepare instead"
+            )
+        return fit(
+            self.model, self.dataset, optimizer=self.optimizer, scheduler=self.scheduler,
+            callbacks=[*options.callbacks(), *callbacks], device=self.device, options=options, **run,
+        )  # fmt: skip
+
+
+def recipe(config: Config, dataset: datasets.Dataset | None = None, **train: Any) -> Recipe:
+    """`config` (with [train] values `train` replaced) and its data (`dataset`, or the [data]
+    section's, loaded), on the device train.device names."""
+    config = with_train(config, **train)
+    device = resolve_device(config.train.device)
+    return Recipe(config, dataset if dataset is not None else load_data(config), device)
+
+
+def prepare(config: Config, dataset: datasets.Dataset | None = None, **train: Any) -> Prepared:
+    """Load the data and build model, optimizer and schedule; every config error surfaces here.
+
+    >>> from gradwell import config as configs
+    >>> config = configs.from_dict({"data": {"name": "digits"}, "schedule": {"name": "onecycle"}})
+    >>> prepared = prepare(config, epochs=2, batch_size=128)
+    >>> prepared.steps, prepared.scheduler.total_steps
+    (22, 22)
+    """
+    return recipe(config, dataset, **train).prepare()
