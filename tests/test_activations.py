@@ -439,7 +439,6 @@ def test_bad_hyperparameters_raise(factory, message):
 def test_the_derived_tables_are_the_ones_written_by_hand_before():
     from gradwell import activations
     from gradwell.diagnose.rules import DISPLAY
-    from gradwell.experiment.batched import ELEMENTWISE
     from gradwell.init import RECOMMENDED
 
     hand_written = (
@@ -448,7 +447,7 @@ def test_the_derived_tables_are_the_ones_written_by_hand_before():
         (nn.SiLU, "swish"), (nn.Mish, "mish"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"),
         (nn.Softmax, "softmax"), (nn.Identity, "linear"),
     )  # fmt: skip
-    assert hand_written == activations.MODULE_NAMES
+    assert hand_written == activations.module_names()
     assert list(ACTIVATIONS) == [
         "relu", "leaky_relu", "rrelu", "prelu", "elu", "selu", "gelu", "gelu_tanh", "gelu_sigmoid",
         "swish", "silu", "mish", "sigmoid", "tanh", "linear", "none",
@@ -470,7 +469,7 @@ def test_the_derived_tables_are_the_ones_written_by_hand_before():
         "relu": "ReLU", "leaky_relu": "leaky ReLU", "rrelu": "RReLU", "prelu": "PReLU", "elu": "ELU",
         "selu": "SELU", "gelu": "GELU", "swish": "Swish", "mish": "Mish",
     }  # fmt: skip
-    assert set(ELEMENTWISE) == {
+    assert set(activations.stackable_modules()) == {
         nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
         nn.Tanh, nn.Softplus, nn.Identity, GELU, Swish,
     }  # fmt: skip
@@ -524,7 +523,7 @@ def scaled_tanh():
 def test_one_registered_record_reaches_every_table(scaled_tanh):
     from gradwell import activations
     from gradwell.diagnose.rules import DISPLAY
-    from gradwell.experiment.batched import ELEMENTWISE, stack_problem
+    from gradwell.experiment.batched import stack_problem
     from gradwell.init import RECOMMENDED, recommended_init
     from gradwell.train.fused import kernel
 
@@ -532,7 +531,8 @@ def test_one_registered_record_reaches_every_table(scaled_tanh):
     assert activation_name(ScaledTanh()) == activation_name("stanh") == "scaled_tanh"
     assert recommended_init(ScaledTanh()) == RECOMMENDED["scaled_tanh"] == "glorot_uniform"
     assert DISPLAY["scaled_tanh"] == "scaled tanh"
-    assert (ScaledTanh, "scaled_tanh") in activations.MODULE_NAMES and ScaledTanh in ELEMENTWISE
+    assert (ScaledTanh, "scaled_tanh") in activations.module_names()
+    assert ScaledTanh in activations.stackable_modules()
     assert kernel(ScaledTanh()) is not None
     net = nn.Sequential(nn.Linear(3, 4), ScaledTanh(), nn.Linear(4, 2))
     assert stack_problem([net, nn.Sequential(nn.Linear(3, 4), ScaledTanh(), nn.Linear(4, 2))]) is None
@@ -543,13 +543,13 @@ def test_registering_is_checked_and_undone():
     from gradwell.activations import ActivationInfo, register_activation, unregister_activation
     from gradwell.init import RECOMMENDED
 
-    before = (dict(ACTIVATIONS), dict(RECOMMENDED), activations.MODULE_NAMES)
+    before = (dict(ACTIVATIONS), dict(RECOMMENDED), activations.module_names())
     info = ActivationInfo("scaled_tanh", (ScaledTanh,), "glorot_uniform", ScaledTanh)
     register_activation(info)
     with pytest.raises(GradwellError, match="'scaled_tanh' is already declared"):
         register_activation(ActivationInfo("scaled_tanh", (nn.Hardtanh,), "glorot_uniform"))
     assert unregister_activation("scaled_tanh") is info
-    assert (dict(ACTIVATIONS), dict(RECOMMENDED), activations.MODULE_NAMES) == before
+    assert (dict(ACTIVATIONS), dict(RECOMMENDED), activations.module_names()) == before
     assert "scaled_tanh" not in activations.RECORDS and activations.activation_info(ScaledTanh()) is None
     with pytest.raises(GradwellError, match="'silu' is already declared"):
         register_activation(ActivationInfo("swish2", (ScaledTanh,), "he_normal", aliases={"silu": Swish}))

@@ -151,3 +151,29 @@ def test_cuda_graph_path_matches_eager(name):
         assert a == pytest.approx(b, rel=1e-4)
     for key, value in eager_weights.items():
         assert torch.allclose(graph_weights[key].float(), value.float(), rtol=1e-4, atol=1e-5), key
+
+
+def test_a_path_is_one_entry_in_the_table_that_fit_asks():
+    from gradwell.train.step import EagerPath, EagerStep
+
+    class EvenBatches:
+        name, description, device_types = "even-batches", "a toy path for even batch sizes", None
+
+        def refusal(self, context):
+            return None if context.options.batch_size % 2 == 0 else "the batch size is odd"
+
+        def build(self, context):
+            return EagerStep(context.eager_step())
+
+    model, optimizer = model_and_optimizer()
+    cpu = torch.device("cpu")
+    for batch, expected in ((32, "training path: even-batches (a toy path for even batch sizes)"),
+                            (31, "training path: eager (the batch size is odd)")):  # fmt: skip
+        sample = (torch.zeros(batch, 8), torch.zeros(batch, dtype=torch.long))
+        options = TrainOptions(epochs=1, batch_size=batch)
+        context = StepContext(model, optimizer, None, Metrics(cpu), options, cpu, sample)
+        decision, path = choose(context, paths=(EvenBatches(), EagerPath()))
+        assert str(decision) == expected
+    step = path.build(context)
+    assert step(*sample).dim() == 0
+    step.close()

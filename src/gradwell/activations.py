@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -263,7 +263,7 @@ def swish_kernel(module: nn.Module) -> FusedKernel | None:
 class ActivationInfo:
     """Everything gradwell knows about one activation, declared once.
 
-    The name tables (ACTIVATIONS, ALIASES, MODULE_NAMES, gradwell.init.RECOMMENDED, the doctor's
+    The name tables (ACTIVATIONS, ALIASES, module_names(), gradwell.init.RECOMMENDED, the doctor's
     display names), the fused step's kernels and the seed-batched path's elementwise modules are
     all derived from these records, so adding an activation is one record (`register_activation`)
     and no optional table can be forgotten.
@@ -462,13 +462,6 @@ def module_names() -> tuple[tuple[type[nn.Module], str], ...]:
 def stackable_modules() -> tuple[type[nn.Module], ...]:
     """The module classes seed-batched training may share across seeds (parameter-free, elementwise)."""
     return tuple(cls for info in RECORDS.values() if info.stackable for cls in info.modules)
-
-
-def __getattr__(name: str) -> Any:
-    # MODULE_NAMES is derived on each access, so that it includes registered records
-    if name == "MODULE_NAMES":
-        return module_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_activation(spec: str | nn.Module | None, **options: float) -> nn.Module:

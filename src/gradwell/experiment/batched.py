@@ -63,15 +63,6 @@ LARGEST_BATCHED_LAYER = 256 * 256
 DEEPEST_BATCHED_FUSED = 10
 
 
-def __getattr__(name: str) -> Any:
-    # ELEMENTWISE, the parameter-free functions applied to each element (they act on (K, B, F) as on
-    # (B, F)), is the activation records' `stackable` classes, derived on access so that activations
-    # registered later count
-    if name == "ELEMENTWISE":
-        return activations.stackable_modules()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class StackedLinear(nn.Module):
     """K Linear layers as one: (K, B, in) -> (K, B, out).
 

@@ -58,7 +58,7 @@ def stop_on_sigint(run: Run) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def explain_nonfinite(
+def nonfinite_error(
     run: Run,
     epoch_start: dict[str, Any],
     replay: Callable[[], tuple[int, Tensor, Tensor] | None],

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from gradwell.errors import ConfigError
+from gradwell.errors import ConfigError, unknown_name
 from gradwell.selfnorm import warn_if_penalties_break_self_normalization
 from gradwell.train import checkpoint, distributed, nonfinite, state
 from gradwell.train.callbacks import Callback
-from gradwell.train.guard import Interrupted, explain_nonfinite, stop_on_sigint
+from gradwell.train.guard import Interrupted, nonfinite_error, stop_on_sigint
 from gradwell.train.losses import check_data_fits_model, evaluate
 from gradwell.train.options import TrainOptions
 from gradwell.train.paths import BuiltStep, choose
@@ -218,7 +218,7 @@ def training_options(options: TrainOptions | None, changes: dict[str, Any]) -> T
     valid = [f.name for f in dataclasses.fields(TrainOptions)]
     unknown = [name for name in changes if name not in valid]
     if unknown:
-        return TrainOptions(epochs=1).replace(**{unknown[0]: None})  # raises, naming the valid ones
+        raise ConfigError(str(unknown_name("training option", unknown[0], valid)))
     if "epochs" not in changes:
         raise ConfigError("fit needs epochs (or options=TrainOptions(epochs=...))")
     return TrainOptions(**changes)
@@ -296,16 +296,17 @@ class EpochGuard:
         if run.interrupted:
             raise interrupted(run, self.checkpoint_dir)
         if first_nonfinite >= 0:  # the same step on every process (Metrics.read agrees on it)
-            raise explain_nonfinite(run, epoch_start, lambda: self.replay(run), self.where, first_nonfinite)
+            raise nonfinite_error(run, epoch_start, lambda: self.replay(run), self.where, first_nonfinite)
 
     def replay(self, run: Run) -> tuple[int, Tensor, Tensor] | None:
         checks = Metrics(run.device)
         checked = dataclasses.replace(self.context, metrics=checks).eager_step(on_nonfinite="skip")
         return replay_to_first_bad_step(run, checked, checks, self.data, self.context.options.batch_size)
 
-    def save(self, run: Run) -> None:
-        if self.checkpoint_dir is not None and distributed.is_main():
-            state.save(run, run.metrics, self.checkpoint_dir)
+    @property
+    def saves(self) -> bool:
+        """Whether this process writes a checkpoint after every epoch."""
+        return self.checkpoint_dir is not None and distributed.is_main()
 
 
 def train_epochs(run: Run, step: BuiltStep, data: DeviceData, guard: EpochGuard) -> None:
@@ -322,8 +323,9 @@ def train_epochs(run: Run, step: BuiltStep, data: DeviceData, guard: EpochGuard)
         if data.val is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(run.model, *data.val, run.options.loss).items()})
         end_epoch(run, logs, started)
-        with step.user_view():
-            guard.save(run)
+        if guard.saves:
+            with step.user_view():
+                state.save(run, run.metrics, guard.checkpoint_dir)
         distributed.barrier()
     step.close()
     for callback in run.callbacks:

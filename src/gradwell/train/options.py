@@ -92,9 +92,13 @@ class TrainOptions:
         return self.epochs * self.steps_per_epoch(samples, drop_last)
 
     def replace(self, **changes: Any) -> TrainOptions:
-        """A copy with `changes`, checked; an unknown option names the valid ones."""
+        """A copy with `changes`, checked; an unknown option names the valid ones.
+
+        >>> TrainOptions(epochs=3).replace(epochs=5, seed=1).epochs
+        5
+        """
         valid = [f.name for f in dataclasses.fields(self)]
         for name in changes:
             if name not in valid:
-                raise unknown_name("training option", name, valid)
+                raise ConfigError(str(unknown_name("training option", name, valid)))
         return dataclasses.replace(self, **changes)
