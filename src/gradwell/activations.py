@@ -166,7 +166,7 @@ class Swish(nn.Module):
 
     def __init__(self, beta: float = 1.0, learnable: bool = False, num_parameters: int = 1) -> None:
         super().__init__()
-        beta = check_finite("Swish beta", beta)
+        beta = check_finite("Swish beta", beta, low=0.0)  # beta < 0 zeroes positive inputs: not Swish
         positive_int("Swish num_parameters", num_parameters)
         if num_parameters > 1 and not learnable:
             raise GradwellError("Swish num_parameters > 1 needs learnable=True; a fixed beta is one number")

@@ -17,6 +17,7 @@ a 1cycle schedule then spans the 3 epochs that are trained.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,9 @@ from torch import nn
 
 from gradwell import data as datasets
 from gradwell import models, optim
-from gradwell.config import Config, TrainConfig, check_call
-from gradwell.errors import ConfigError, unknown_name
+from gradwell.config import Config, TrainConfig, check_call, check_types
+from gradwell.errors import ConfigError, GradwellError, unknown_name
+from gradwell.memory import FLOAT32, TRAINING_COPIES, check_fits, readable
 from gradwell.train import Callback, History, distributed, fit
 from gradwell.train.losses import check_data_fits_model
 
@@ -75,13 +77,34 @@ def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
     builder = BUILDERS[kind]
     check_call("model", builder, options, skip=("in_features", "in_shape", "out_features", "generator"))
     generator = torch.Generator().manual_seed(config.train.seed)
-    return builder(dataset.feature_shape, dataset.num_classes, **options, generator=generator)
+    try:
+        return builder(dataset.feature_shape, dataset.num_classes, **options, generator=generator)
+    except ConfigError:
+        raise
+    except GradwellError as error:  # the builder names the value; say which key of [model] holds it
+        raise ConfigError(f"{quoted_key('model', options, str(error))}: {error}") from None
+    except (RuntimeError, MemoryError, OverflowError) as error:  # a size too large to allocate
+        needed = re.search(r"allocate (\d+) bytes", str(error))
+        reason = f"one of its tensors would need {readable(int(needed[1]))}" if needed else str(error)
+        raise ConfigError(
+            f"the model of [model] {options} for {dataset.num_classes} classes of inputs "
+            f"{tuple(dataset.feature_shape)} cannot be built: {reason.splitlines()[-1]}"
+        ) from None
+
+
+def quoted_key(section: str, options: dict[str, Any], message: str) -> str:
+    """``section.key`` for the first option whose value `message` quotes, else ``[section]``."""
+    key = next((k for k, v in options.items() if repr(v) in message or f"={v!r}" in message), None)
+    return f"{section}.{key}" if key is not None else f"[{section}]"
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     """The [optimizer] section's optimizer over the model's parameters (Nadam by default)."""
     options = dict(config.optimizer)
-    return optim.create(options.pop("name", "nadam"), model.parameters(), **options)
+    name = options.pop("name", "nadam")
+    if isinstance(name, str) and name in optim.OPTIMIZERS:
+        check_types("optimizer", optim.OPTIMIZERS[name], options)
+    return optim.create(name, model.parameters(), **options)
 
 
 def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int) -> Any:
@@ -93,6 +116,8 @@ def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int)
     name = options.pop("name", "none")
     if name == "none":
         return None
+    if isinstance(name, str) and name in optim.SCHEDULES:
+        check_types("schedule", optim.SCHEDULES[name], options)
     if name == "onecycle":
         options.setdefault("total_steps", steps)
         options.setdefault("max_lr", float(optimizer.param_groups[0]["lr"]))
@@ -149,6 +174,8 @@ class Recipe:
         config = self.config if seed is None else with_train(self.config, seed=seed)
         model = build_model(config, self.dataset).to(self.device)
         self.check(model)
+        count = sum(p.numel() for p in model.parameters())
+        check_fits(f"training the model of [model] ({count:,} parameters)", count * FLOAT32 * TRAINING_COPIES)
         optimizer = build_optimizer(config, model)
         return Prepared(dataclasses.replace(self, config=config), model, optimizer, self.schedule(optimizer))
 

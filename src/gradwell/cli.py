@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from rich.logging import RichHandler
 
 from gradwell.commands import claims, compare, datasets, diagnose, fold, train, transfer
-from gradwell.commands.output import errors
+from gradwell.commands.output import errors, print_error
 from gradwell.errors import GradwellError
 
 COMMANDS = (train, datasets, transfer, diagnose, fold, compare, claims)
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gradwell.train import distributed
 
         if distributed.is_main():  # under torchrun every process fails alike: say it once
-            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            print_error(error)
         return 2
     except KeyboardInterrupt as interrupt:  # gradwell.train.guard.Interrupted says where it saved
         errors.print(str(interrupt) or "interrupted", highlight=False)

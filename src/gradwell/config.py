@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import inspect
 import tomllib
 import types
@@ -119,6 +120,15 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(file)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give the path of a .toml file") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); "
+            "TOML files are UTF-8: save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 
@@ -193,6 +203,8 @@ def type_name(annotation: Any) -> str:
         return " | ".join(type_name(arm) for arm in typing.get_args(annotation))
     if origin is collections.abc.Callable:
         return "callable"
+    if origin in (list, tuple, collections.abc.Sequence) and typing.get_args(annotation):
+        return f"list of {type_name(typing.get_args(annotation)[0])}"
     if origin is not None:
         return type_name(origin)
     if annotation is type(None):
@@ -240,10 +252,7 @@ def check_call(
     """
     signature = inspect.signature(function)
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    try:
-        hints = typing.get_type_hints(function)
-    except (NameError, TypeError):
-        hints = {}
+    hints = type_hints(function)
     names = [
         n
         for n, p in signature.parameters.items()
@@ -255,3 +264,28 @@ def check_call(
                 continue
             raise unknown_key(section, key, names)
         check_type(f"{section}.{key}", value, hints.get(key, Any))
+
+
+def type_hints(function: Callable[..., Any]) -> dict[str, Any]:
+    """The parameters' annotations of a function, a class (its __init__) or a partial of either."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    try:
+        return typing.get_type_hints(function.__init__ if isinstance(function, type) else function)
+    except (NameError, TypeError, AttributeError):
+        return {}
+
+
+def check_types(section: str, function: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """Check the types of the `options` that `function` annotates; names are the function's to check.
+
+    >>> def power(optimizer, s: float = 1000.0): ...
+    >>> check_types("schedule", power, {"s": True})
+    Traceback (most recent call last):
+    ...
+    gradwell.errors.ConfigError: schedule.s = True has the wrong type: expected float
+    """
+    hints = type_hints(function)
+    for key, value in options.items():
+        if key in hints:
+            check_type(f"{section}.{key}", value, hints[key])

@@ -26,7 +26,7 @@ from torch.utils import benchmark
 
 from gradwell.errors import GradwellError
 from gradwell.fold import BATCH_NORMS, FoldWarning, fold_batchnorm
-from gradwell.run_folder import load_run, save_weights
+from gradwell.run_folder import check_target, load_run, save_weights
 from gradwell.train.losses import evaluate
 
 FOLDED_FILE = "model_folded.safetensors"
@@ -72,6 +72,8 @@ def fold_run(
             rounding over a deep network stays orders of magnitude below the default.
         min_run_time: seconds of timed calls per model (torch.utils.benchmark's blocked_autorange).
     """
+    if out is not None:
+        check_target(Path(out), "--out")
     run = load_run(run_dir)
     trained = run.model.eval()
     with warnings.catch_warnings(record=True) as caught:

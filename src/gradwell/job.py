@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from gradwell.diagnose import Monitor, Report, probe_split
 from gradwell.diagnose.probe import explain_nonfinite
 from gradwell.errors import NonFiniteError
 from gradwell.plots import learning_curves
-from gradwell.run_folder import MODEL_FILE, save_weights
+from gradwell.run_folder import MODEL_FILE, check_output, create_run_dir, locked, save_weights
 from gradwell.train import checkpoint, distributed
 from gradwell.train.callbacks import MetricsLogger
 from gradwell.train.losses import evaluate
@@ -66,27 +66,31 @@ class JobResult:
         }
 
 
-def new_run_dir(config: Config) -> Path:
-    name = config.output.name or datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(config.output.dir) / name
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path(config.output.dir) / f"{name}-{suffix}"
-    return path
-
-
 def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> JobResult:
-    """Train as `config` says, in `run_dir` (a new folder under output.dir by default)."""
+    """Train as `config` says, in `run_dir` (a new folder under output.dir by default).
+
+    Process 0 holds the run folder while it trains (gradwell.run_folder.locked): a second
+    gradwell process on the same folder is refused before it writes anything.
+    """
     prepared = build.prepare(config)
     main = distributed.is_main()
-    run_dir = Path(distributed.broadcast(str(run_dir or new_run_dir(config))))
+    if run_dir is None:
+        check_output(config)
+    with ExitStack() as stack:
+        if main:
+            run_dir = run_dir or create_run_dir(config)
+            stack.enter_context(locked(Path(run_dir)))
+        return train_in(prepared, Path(distributed.broadcast(str(run_dir))), resume)
+
+
+def train_in(prepared: Prepared, run_dir: Path, resume: bool) -> JobResult:
+    """The job's run in `run_dir`, which process 0 holds and the others share."""
+    config, main = prepared.config, distributed.is_main()
     if (
         resume
     ):  # before config.toml is rewritten: a config that does not fit must not replace the one that did
         check_resumable(prepared.model, run_dir)
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
     monitor = Monitor()
     callbacks = [*([MetricsLogger(run_dir / "metrics.jsonl")] if main else []), monitor]

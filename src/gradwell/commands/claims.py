@@ -19,7 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="test the chapter's claims on built-in data (He init, SELU, BN, clipping, optimizers, ...)",
         description="Run each of the chapter's claims as a multi-seed experiment on built-in data and "
         "report its verdict (holds / does not hold here / inconclusive) with the paired difference, its "
-        "95%% interval, the p-value and the number of seeds. The full suite takes up to 15 minutes on 2 "
+        "95% interval, the p-value and the number of seeds. The full suite takes up to 15 minutes on 2 "
         "cores, --quick up to 2.",
     )
     parser.add_argument("--quick", action="store_true", help="fewer seeds and epochs (within 2 minutes)")

@@ -21,7 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "compare",
         help="train configs on the same seeds and compare them with paired statistics",
         description="Train every config with every seed (in parallel processes; small MLPs train all "
-        "their seeds at once) and compare each pair seed by seed: mean difference with its 95%% "
+        "their seeds at once) and compare each pair seed by seed: mean difference with its 95% "
         "interval, paired t-test and Wilcoxon test, effect size, win rate and a verdict. Writes "
         "results.json, report.md and plots to a run folder.",
     )

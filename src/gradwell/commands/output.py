@@ -1,4 +1,9 @@
-"""The command line's output layer: rich consoles for results (stdout) and messages (stderr)."""
+"""The command line's output layer: rich consoles for results (stdout) and messages (stderr).
+
+Neither console parses markup: what gradwell prints holds the user's own text (paths, names,
+values such as ``exp[v2]`` or ``[/bold]``), which must come out as written. Style is given as
+rich Text instead.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False, soft_wrap=True)  # a path in a message stays one piece
+
+
+def print_error(message: object) -> None:
+    """``error: MESSAGE`` on stderr, the message exactly as it reads."""
+    errors.print(Text.assemble(("error: ", "bold red"), str(message)), highlight=False)
 
 
 def print_json(data: Any) -> None:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from gradwell.commands.output import console, errors, key_value_table, print_json
+from gradwell.commands.output import console, errors, key_value_table, print_error, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from gradwell import config as configs
     from gradwell import job
     from gradwell.errors import NonFiniteError
+    from gradwell.run_folder import check_run_folder
     from gradwell.train import distributed
     from gradwell.train.guard import Interrupted
 
@@ -73,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.resume is not None:
-            run_dir = Path(args.resume)
+            run_dir = check_run_folder(args.resume)
             result = job.run(configs.load(run_dir / "config.toml", args.set), run_dir=run_dir, resume=True)
         else:
             result = job.run(configs.load(args.config, args.set))
     except NonFiniteError as error:
         if distributed.is_main():  # every process of a data-parallel run stops with the same error
-            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            print_error(error)
             if error.doctor is not None:
                 console.print(error.doctor.summary())
         return 1
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             if interrupt.checkpoint is not None:
                 run_dir = Path(interrupt.checkpoint).parent.parent
                 errors.print(f"go on with: gradwell train --resume {run_dir}")
-        return 130
+        return 128 + interrupt.signum
     if not distributed.is_main():
         return 0
     if args.json:

@@ -13,8 +13,10 @@ import numpy as np
 from gradwell.data.checks import Part, count
 from gradwell.data.splits import Source
 from gradwell.errors import DataError
+from gradwell.memory import check_fits
 
 DIGITS = tuple(str(d) for d in range(10))
+GENERATION_COPIES = 4
 
 
 def mnist1d(*, num_samples: int = 5000, data_seed: int = 42) -> Source:
@@ -29,6 +31,8 @@ def mnist1d(*, num_samples: int = 5000, data_seed: int = 42) -> Source:
 
     args = get_dataset_args()
     args.num_samples = count("num_samples", num_samples, 10)
+    # the generator keeps several float64 copies of the signals (40 features, templates, noise)
+    check_fits(f"data.num_samples = {num_samples}", num_samples * 40 * 8 * GENERATION_COPIES)
     args.seed = count("data_seed", data_seed, 0)
     if args.seed >= 2**32:
         raise DataError(f"data_seed must be below 2**32 (numpy's legacy seed); got {data_seed}")

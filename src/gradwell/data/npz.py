@@ -64,6 +64,8 @@ def open_npz(path: Path) -> np.lib.npyio.NpzFile:
 
 def read_npz(path: str) -> Source:
     file = Path(path)
+    if file.is_dir():
+        raise DataError(f"npz: {path!r} is a folder; give the path of a .npz file")
     if not file.is_file():
         raise DataError(f"npz: file {path!r} not found")
     with open_npz(file) as archive:

@@ -95,6 +95,8 @@ def parse(path: Path, columns: list[str], rows: list[list[str]], lines: list[int
 def read_csv(path: str, *, label: str = "label") -> Source:
     """Every row a sample; `label` names the column of integer class indices 0..K-1."""
     file = Path(path)
+    if file.is_dir():
+        raise DataError(f"csv: {path!r} is a folder; give the path of a .csv file")
     if not file.is_file():
         raise DataError(f"csv: file {path!r} not found")
     header, rows, lines = read_rows(file)

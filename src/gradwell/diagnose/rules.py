@@ -168,9 +168,10 @@ def vanishing_gradients(report: Report, thresholds: Thresholds) -> Verdict | Non
     if ratio is None or not ratio < thresholds.vanishing_ratio:
         return None
     first, last = report.layers[0].name, report.layers[-1].name
+    shrinks = f"shrinks {1 / ratio:.3g}x" if ratio > 0 else "vanishes entirely (every unit dead or saturated)"
     return Verdict(
         "vanishing_gradients",
-        f"the gradient shrinks {1 / ratio:.3g}x on its way back from {last} to {first}",
+        f"the gradient {shrinks} on its way back from {last} to {first}",
         signal_evidence(report, ratio),
         architecture_fixes(report.model),
         [first],

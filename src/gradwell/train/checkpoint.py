@@ -175,14 +175,38 @@ def latest(directory: str | Path) -> dict[str, Any] | None:
     return None
 
 
+def save_weights(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A state dict as a safetensors file with the sha256 of its tensors, written atomically."""
+    metadata = {**(metadata or {}), "sha256": checkpoint_digest(tensors, "")}
+    write_atomically(path, save_safetensors(tensors, metadata=metadata))
+
+
 def prune(directory: str | Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints (older ones are never needed for a resume)."""
+    """Delete all but the newest `keep` checkpoints (older ones are never needed for a resume), and
+    the temporary files of writes that a killed process left behind."""
     for step in saved_steps(directory)[keep:]:
         checkpoint_path(directory, step).unlink(missing_ok=True)
+    remove_orphans(directory)
+
+
+def remove_orphans(directory: str | Path) -> None:
+    """Delete temporary checkpoint files (``.step-*.safetensors.*.tmp``) that no write will finish.
+
+    Only the run's one writing process calls this, between its own writes (a run folder is
+    locked to one run), so no temporary file it finds is still being written.
+    """
+    directory = Path(directory)
+    if directory.is_dir():
+        for orphan in directory.glob(".step-*.safetensors.*.tmp"):
+            orphan.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted checkpoint write", orphan.name)
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
     """A state dict from a .safetensors file, or from a foreign torch file (.pt, .pth, .bin).
+
+    A safetensors file gradwell wrote (`save_weights`) carries the sha256 of its tensors, checked
+    here; one written by another tool has none and loads as it is.
 
     Torch files are pickles, and unpickling can run code: they load with ``weights_only=True``,
     which admits tensors and plain containers only, and anything else is refused with a
@@ -192,10 +216,14 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
+        payload = path.read_bytes()
         try:
-            return load_safetensors(path.read_bytes())
+            tensors, metadata = load_safetensors(payload), read_metadata(payload)
         except (SafetensorError, ValueError) as error:
             raise CheckpointError(f"{path} is damaged or not a safetensors file: {error}") from None
+        if "sha256" in metadata and checkpoint_digest(tensors, "") != metadata["sha256"]:
+            raise CheckpointError(f"weights file {path} is corrupted: its checksum does not match its data")
+        return tensors
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

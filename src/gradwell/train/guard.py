@@ -31,31 +31,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Training stopped after a step on Ctrl-C; `checkpoint` is where it was saved (or None)."""
+# Ctrl-C, and what `kill`, job schedulers and container runtimes send before they kill
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, message: str, checkpoint: Any = None) -> None:
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped after a step on Ctrl-C or SIGTERM; `checkpoint` is where it was saved (or
+    None), `signum` the signal (a command exits with 128 + signum, as the shell reports it)."""
+
+    def __init__(self, message: str, checkpoint: Any = None, signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+        self.signum = int(signum)
 
 
 @contextmanager
-def stop_on_sigint(run: Run) -> Iterator[None]:
-    """While training, the first Ctrl-C sets ``run.interrupted``; the second raises at once."""
+def stop_on_signals(run: Run) -> Iterator[None]:
+    """While training, the first Ctrl-C or SIGTERM sets ``run.interrupted`` (and ``run.signum``):
+    the loop stops after the current step and checkpoints. A second one acts at once, as usual."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {}
 
     def handler(signum: int, frame: Any) -> None:
-        run.interrupted = True
-        signal.signal(signal.SIGINT, previous)
-        log.warning("stopping after the current step (Ctrl-C again to stop at once)")
+        run.interrupted, run.signum = True, signum
+        for number, old in previous.items():
+            signal.signal(number, old)
+        log.warning("stopping after the current step (%s again to stop at once)", signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous.update({number: signal.signal(number, handler) for number in STOP_SIGNALS})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def nonfinite_error(

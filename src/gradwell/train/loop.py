@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing
@@ -27,7 +28,7 @@ from gradwell.errors import ConfigError, unknown_name
 from gradwell.selfnorm import warn_if_penalties_break_self_normalization
 from gradwell.train import checkpoint, distributed, nonfinite, state
 from gradwell.train.callbacks import Callback
-from gradwell.train.guard import Interrupted, nonfinite_error, stop_on_sigint
+from gradwell.train.guard import Interrupted, nonfinite_error, stop_on_signals
 from gradwell.train.losses import check_data_fits_model, evaluate
 from gradwell.train.options import TrainOptions
 from gradwell.train.paths import BuiltStep, choose
@@ -84,7 +85,8 @@ class Run:
     epoch_shuffle: Tensor | None = None  # the shuffling generator's state when this epoch drew its order
     history: History = field(default_factory=History)
     stop_reason: str = ""
-    interrupted: bool = False  # set by the first Ctrl-C: stop after the current step
+    interrupted: bool = False  # set by the first Ctrl-C or SIGTERM: stop after the current step
+    signum: int = signal.SIGINT  # which of the two it was
     stop_vote: distributed.StopVote = field(default_factory=distributed.StopVote)  # data-parallel Ctrl-C
 
     def stop(self, reason: str) -> None:
@@ -273,7 +275,7 @@ def session(run: Run, bar: Any, seed: int) -> ExitStack:
     )
     if bar is not None:
         stack.enter_context(closing(bar))
-    stack.enter_context(stop_on_sigint(run))
+    stack.enter_context(stop_on_signals(run))
     torch.manual_seed(seed)
     return stack
 
@@ -399,12 +401,16 @@ def interrupted(run: Run, checkpoint_dir: str | Path | None) -> Interrupted:
     """Save where the run stopped on Ctrl-C and say how to go on."""
     where = f"step {run.step} (epoch {run.epoch + 1}, batch {run.position})"
     if checkpoint_dir is None:
-        return Interrupted(f"interrupted after {where}; no checkpoint_dir, so nothing was saved")
+        return Interrupted(
+            f"interrupted after {where}; no checkpoint_dir, so nothing was saved", None, run.signum
+        )
     path = checkpoint.checkpoint_path(checkpoint_dir, run.step)
     if distributed.is_main():
         state.save(run, run.metrics, checkpoint_dir)
     distributed.barrier()
-    return Interrupted(f"interrupted after {where}; saved {path}: resume to go on from there", path)
+    return Interrupted(
+        f"interrupted after {where}; saved {path}: resume to go on from there", path, run.signum
+    )
 
 
 def end_epoch(run: Run, logs: dict[str, float], started: float) -> None:

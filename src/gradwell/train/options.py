@@ -19,6 +19,7 @@ from gradwell.errors import ConfigError, check_finite, unknown_name
 from gradwell.train.losses import CLASSIFICATION, resolve_loss
 
 PRECISIONS = ("fp32", "bf16")
+SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 NONFINITE = ("stop", "skip")
 
 
@@ -67,6 +68,14 @@ class TrainOptions:
     def __post_init__(self) -> None:
         positive_count("epochs", self.epochs)
         positive_count("batch_size", self.batch_size)
+        if (
+            not isinstance(self.seed, int)
+            or isinstance(self.seed, bool)
+            or not SEEDS[0] <= self.seed <= SEEDS[1]
+        ):
+            raise ConfigError(
+                f"seed must be an int in [{SEEDS[0]}, {SEEDS[1]}] (torch's generators); got {self.seed!r}"
+            )
         resolve_loss(self.loss)
         check_finite("l1", self.l1, low=0.0)
         check_finite("l2", self.l2, low=0.0)
