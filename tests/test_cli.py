@@ -166,3 +166,11 @@ def test_ctrl_c_stops_every_process_of_a_data_parallel_run_at_one_step_and_resum
     expected = load_file(tmp_path / "runs" / "whole" / "model.safetensors")
     weights = load_file(tmp_path / "runs" / "cut" / "model.safetensors")
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+    # and the same epochs logged: every process's running sums of the cut epoch were checkpointed
+    def logged(name):
+        lines = (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+    assert logged("cut") == logged("whole")
+    assert "no state for callback" not in resumed.stderr

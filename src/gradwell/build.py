@@ -26,6 +26,7 @@ from torch import nn
 
 from gradwell import data as datasets
 from gradwell import models, optim
+from gradwell.activations import ACTIVATIONS, activation_info
 from gradwell.config import Config, TrainConfig, check_call, check_types
 from gradwell.errors import ConfigError, GradwellError, unknown_name
 from gradwell.memory import FLOAT32, TRAINING_COPIES, check_fits, readable
@@ -68,14 +69,39 @@ def load_data(config: Config) -> datasets.Dataset:
     return datasets.standardize(dataset)[0] if standardize else dataset
 
 
-def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
-    """The [model] section's model for `dataset`, initialized from a generator seeded by train.seed."""
+def model_builder(config: Config) -> tuple[Any, dict[str, Any]]:
+    """The [model] section's builder and its options, their names and types checked."""
     options = dict(config.model)
     kind = options.pop("kind", "mlp")
     if not isinstance(kind, str) or kind not in BUILDERS:
         raise unknown_name("model kind", kind, BUILDERS)
     builder = BUILDERS[kind]
     check_call("model", builder, options, skip=("in_features", "in_shape", "out_features", "generator"))
+    return builder, options
+
+
+def check_sections(config: Config) -> None:
+    """What can be checked of [model], [optimizer] and [schedule] without the data: names and
+    types, and the activation's name, so that a typo fails before a dataset is loaded or made."""
+    _, options = model_builder(config)
+    activation = options.get("activation")
+    if isinstance(activation, str) and activation_info(activation) is None:
+        raise ConfigError(f"model.activation: {unknown_name('activation', activation, ACTIVATIONS)}")
+    for section, table, default in (
+        ("optimizer", optim.OPTIMIZERS, "nadam"),
+        ("schedule", optim.SCHEDULES, "none"),
+    ):
+        values = dict(getattr(config, section))
+        name = values.pop("name", default)
+        if name != "none" and (not isinstance(name, str) or name not in table):
+            raise unknown_name(section, name, [*table, *(["none"] if section == "schedule" else [])])
+        if name != "none":
+            check_types(section, table[name], values)
+
+
+def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
+    """The [model] section's model for `dataset`, initialized from a generator seeded by train.seed."""
+    builder, options = model_builder(config)
     generator = torch.Generator().manual_seed(config.train.seed)
     try:
         return builder(dataset.feature_shape, dataset.num_classes, **options, generator=generator)
@@ -101,10 +127,7 @@ def quoted_key(section: str, options: dict[str, Any], message: str) -> str:
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     """The [optimizer] section's optimizer over the model's parameters (Nadam by default)."""
     options = dict(config.optimizer)
-    name = options.pop("name", "nadam")
-    if isinstance(name, str) and name in optim.OPTIMIZERS:
-        check_types("optimizer", optim.OPTIMIZERS[name], options)
-    return optim.create(name, model.parameters(), **options)
+    return optim.create(options.pop("name", "nadam"), model.parameters(), **options)
 
 
 def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int) -> Any:
@@ -116,8 +139,6 @@ def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int)
     name = options.pop("name", "none")
     if name == "none":
         return None
-    if isinstance(name, str) and name in optim.SCHEDULES:
-        check_types("schedule", optim.SCHEDULES[name], options)
     if name == "onecycle":
         options.setdefault("total_steps", steps)
         options.setdefault("max_lr", float(optimizer.param_groups[0]["lr"]))
@@ -230,6 +251,7 @@ def recipe(config: Config, dataset: datasets.Dataset | None = None, **train: Any
     """`config` (with [train] values `train` replaced) and its data (`dataset`, or the [data]
     section's, loaded), on the device train.device names."""
     config = with_train(config, **train)
+    check_sections(config)
     device = resolve_device(config.train.device)
     return Recipe(config, dataset if dataset is not None else load_data(config), device)
 

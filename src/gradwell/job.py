@@ -72,10 +72,10 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
     Process 0 holds the run folder while it trains (gradwell.run_folder.locked): a second
     gradwell process on the same folder is refused before it writes anything.
     """
-    prepared = build.prepare(config)
-    main = distributed.is_main()
     if run_dir is None:
         check_output(config)
+    prepared = build.prepare(config)
+    main = distributed.is_main()
     with ExitStack() as stack:
         if main:
             run_dir = run_dir or create_run_dir(config)

@@ -128,13 +128,18 @@ def any_process(flag: bool) -> bool:
     return bool(found)
 
 
+def gather(value: object) -> list[object]:
+    """Every process's `value` (picklable, on the CPU), in process order; every process must call it."""
+    if not active():
+        return [value]
+    values: list[object] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def first_text(text: str) -> str:
     """The first non-empty `text` in process order; every process must call it."""
-    if not active():
-        return text
-    texts: list[str | None] = [None] * world_size()
-    dist.all_gather_object(texts, text)
-    return next((t for t in texts if t), "")
+    return next((t for t in gather(text) if t), "")
 
 
 class StopVote:

@@ -405,8 +405,11 @@ def interrupted(run: Run, checkpoint_dir: str | Path | None) -> Interrupted:
             f"interrupted after {where}; no checkpoint_dir, so nothing was saved", None, run.signum
         )
     path = checkpoint.checkpoint_path(checkpoint_dir, run.step)
+    # mid-epoch, each process's running sums are its own shard's: the checkpoint keeps them all
+    sums = {k: v.cpu() for k, v in run.metrics.state_dict().items()}
+    shards = distributed.gather(sums) if distributed.active() else None
     if distributed.is_main():
-        state.save(run, run.metrics, checkpoint_dir)
+        state.save(run, run.metrics, checkpoint_dir, shards)
     distributed.barrier()
     return Interrupted(
         f"interrupted after {where}; saved {path}: resume to go on from there", path, run.signum

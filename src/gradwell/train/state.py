@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gradwell.train import checkpoint
+from gradwell.train import checkpoint, distributed
 
 if TYPE_CHECKING:
     from gradwell.train.loop import Run
@@ -26,12 +26,21 @@ log = logging.getLogger(__name__)
 KEEP = 2  # checkpoints kept: the newest, and the one before it in case the newest is damaged
 
 
-def callback_key(index: int, callback: Any) -> str:
-    return f"{index}:{type(callback).__name__}"
+def callback_keys(callbacks: list[Any]) -> list[str]:
+    """Each callback's key in a checkpoint: its class name, numbered from the second of a class on
+    (``Monitor``, ``Monitor#2``), so that processes with different callbacks (only process 0 logs
+    metrics) and a resume that adds one still match every callback to its own state."""
+    names = [type(callback).__name__ for callback in callbacks]
+    return [name if names[:i].count(name) == 0 else f"{name}#{names[:i].count(name) + 1}" for i, name in
+            enumerate(names)]  # fmt: skip
 
 
-def capture(run: Run, metrics: Metrics) -> dict[str, Any]:
-    """The run's state; tensors are the live ones (checkpoint.save copies them, `snapshot` clones)."""
+def capture(run: Run, metrics: Metrics, shards: list[Any] | None = None) -> dict[str, Any]:
+    """The run's state; tensors are the live ones (checkpoint.save copies them, `snapshot` clones).
+
+    `shards` are every process's running metric sums, in process order, for a data-parallel run
+    stopped mid-epoch; `metrics` alone is this process's.
+    """
     rng = {"torch": torch.get_rng_state(), "shuffle": run.shuffle.get_state()}
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(run.device)
@@ -41,11 +50,14 @@ def capture(run: Run, metrics: Metrics) -> dict[str, Any]:
         "position": run.position,
         "epoch_shuffle": run.epoch_shuffle,
         "metrics": metrics.state_dict(),
+        "metric_shards": shards or [],
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "rng": rng,
-        "callbacks": {callback_key(i, c): c.state_dict() for i, c in enumerate(run.callbacks)},
+        "callbacks": {
+            key: c.state_dict() for key, c in zip(callback_keys(run.callbacks), run.callbacks, strict=True)
+        },
         "history": run.history.epochs,
         "stop_reason": run.stop_reason,
     }
@@ -66,23 +78,26 @@ def apply(run: Run, metrics: Metrics, state: dict[str, Any]) -> None:
     run.shuffle.set_state(state["rng"]["shuffle"])
     if "cuda" in state["rng"]:
         torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
-    for i, callback in enumerate(run.callbacks):
-        key = callback_key(i, callback)
-        if key in state["callbacks"]:
-            callback.load_state_dict(state["callbacks"][key])
+    for i, (key, callback) in enumerate(zip(callback_keys(run.callbacks), run.callbacks, strict=True)):
+        positional = f"{i}:{type(callback).__name__}"  # how checkpoints before 2026-12 named it
+        saved = state["callbacks"].get(key, state["callbacks"].get(positional))
+        if saved is not None:
+            callback.load_state_dict(saved)
         elif callback.state_dict():
             log.warning("the checkpoint has no state for callback %s: it starts afresh", key)
     run.epoch, run.step, run.position = state["epoch"], state["step"], state["position"]
     run.epoch_shuffle = state["epoch_shuffle"]
-    metrics.load_state_dict(state["metrics"])
+    shards = state.get("metric_shards") or []
+    parallel = len(shards) == distributed.world_size() > 1
+    metrics.load_state_dict(shards[distributed.rank()] if parallel else state["metrics"])
     run.history.epochs = list(state["history"])
     run.stop_reason = state["stop_reason"]
 
 
-def save(run: Run, metrics: Metrics, directory: str | Path) -> Path:
-    """Write the run's checkpoint for its current step; keep the newest KEEP."""
+def save(run: Run, metrics: Metrics, directory: str | Path, shards: list[Any] | None = None) -> Path:
+    """Write the run's checkpoint for its current step (see `capture`); keep the newest KEEP."""
     path = checkpoint.checkpoint_path(directory, run.step)
-    checkpoint.save(path, capture(run, metrics))
+    checkpoint.save(path, capture(run, metrics, shards))
     checkpoint.prune(directory, keep=KEEP)
     return path
 
