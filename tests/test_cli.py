@@ -155,7 +155,7 @@ def test_ctrl_c_stops_every_process_of_a_data_parallel_run_at_one_step_and_resum
     wait_for_a_new_checkpoint(process, checkpoints)
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=90)
-    assert process.returncode == 130
+    assert process.returncode == 130 and "Traceback" not in err  # torchrun's own stays out
     assert err.count("interrupted after step") == 1 and "go on with: gradwell train --resume" in err
     stopped = int(re.search(r"interrupted after step (\d+)", err)[1])
     steps = sorted(int(p.stem.removeprefix("step-")) for p in checkpoints.glob("*.safetensors"))
@@ -174,3 +174,38 @@ def test_ctrl_c_stops_every_process_of_a_data_parallel_run_at_one_step_and_resum
 
     assert logged("cut") == logged("whole")
     assert "no state for callback" not in resumed.stderr
+
+
+def training_process(rank: int, marker: str) -> int:
+    """The pid of the training process of `rank` whose command line holds `marker`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if (
+            b"gradwell" in command
+            and marker.encode() in b" ".join(command)
+            and f"RANK={rank}".encode() in environment
+        ):
+            return int(entry.name)
+    raise AssertionError(f"no training process of rank {rank}")
+
+
+def test_a_data_parallel_process_killed_by_the_os_is_one_message_naming_it_and_how_to_resume(
+    tmp_path, tiny_config
+):
+    env = quiet_env(COLUMNS="200")
+    command = [*GRADWELL, "train", "--nproc", "2", str(tiny_config), "--set", "train.epochs=1000", "--set",
+               "output.name=killed", "--set", "output.progress=false"]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    wait_for_a_new_checkpoint(process, tmp_path / "runs" / "killed" / "checkpoints")
+    os.kill(training_process(1, "output.name=killed"), signal.SIGKILL)
+    _, err = process.communicate(timeout=90)
+    assert process.returncode == 1 and "Traceback" not in err and "ChildFailedError" not in err, err
+    assert err.count("error: ") == 1
+    assert "training process 1 of 2 was stopped by SIGKILL" in err
+    assert f"gradwell train --resume {Path('runs') / 'killed'}" in err

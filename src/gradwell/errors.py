@@ -59,6 +59,16 @@ class CheckpointError(GradwellError):
     """
 
 
+class ProcessLostError(GradwellError):
+    """Another process of a data-parallel run ended (killed, crashed) while this one trained.
+
+    >>> raise ProcessLostError("another training process ended at step 7")
+    Traceback (most recent call last):
+        ...
+    gradwell.errors.ProcessLostError: another training process ended at step 7
+    """
+
+
 class NonFiniteError(GradwellError):
     """Training produced a non-finite loss or gradient.
 

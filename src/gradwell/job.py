@@ -31,11 +31,12 @@ from gradwell.build import Prepared
 from gradwell.config import Config
 from gradwell.diagnose import Monitor, Report, probe_split
 from gradwell.diagnose.probe import explain_nonfinite
-from gradwell.errors import NonFiniteError
+from gradwell.errors import NonFiniteError, ProcessLostError
 from gradwell.plots import learning_curves
 from gradwell.run_folder import MODEL_FILE, check_output, create_run_dir, locked, save_weights
 from gradwell.train import checkpoint, distributed
 from gradwell.train.callbacks import MetricsLogger
+from gradwell.train.launch import tell_launcher
 from gradwell.train.losses import evaluate
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def run(config: Config, run_dir: Path | None = None, resume: bool = False) -> Jo
         if main:
             run_dir = run_dir or create_run_dir(config)
             stack.enter_context(locked(Path(run_dir)))
+            tell_launcher(Path(run_dir))
         return train_in(prepared, Path(distributed.broadcast(str(run_dir))), resume)
 
 
@@ -103,6 +105,14 @@ def train_in(prepared: Prepared, run_dir: Path, resume: bool) -> JobResult:
     except NonFiniteError as error:  # a diverging run is where the doctor matters most
         error.doctor = diagnose_divergence(prepared, monitor, run_dir, error, write=main)
         raise
+    except RuntimeError as error:
+        if not distributed.peer_lost(error):
+            raise
+        reason = str(error).splitlines()[0][:160]
+        raise ProcessLostError(
+            f"another training process of this run ended while it trained ({reason}); the last "
+            f"checkpoint is in {run_dir / 'checkpoints'}: go on with: gradwell train --resume {run_dir}"
+        ) from None
     seconds = time.perf_counter() - started
     test = prepared.dataset.test
     test_metrics = evaluate(

@@ -63,13 +63,17 @@ def without_nproc(argv: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from gradwell import config as configs
     from gradwell import job
-    from gradwell.errors import NonFiniteError
+    from gradwell.errors import NonFiniteError, ProcessLostError
     from gradwell.run_folder import check_run_folder
     from gradwell.train import distributed
     from gradwell.train.guard import Interrupted
+    from gradwell.train.launch import launch, launched
 
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:
-        return distributed.launch(without_nproc(args.argv), args.nproc)
+        code, failure = launch(without_nproc(args.argv), args.nproc)
+        if failure is not None:
+            print_error(failure)
+        return code
     distributed.init_from_environment()
 
     try:
@@ -78,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
             result = job.run(configs.load(run_dir / "config.toml", args.set), run_dir=run_dir, resume=True)
         else:
             result = job.run(configs.load(args.config, args.set))
+    except ProcessLostError as error:
+        if distributed.is_main() and not launched():  # under --nproc, the launcher says it all
+            print_error(error)
+        return 1
     except NonFiniteError as error:
         if distributed.is_main():  # every process of a data-parallel run stops with the same error
             print_error(error)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import warnings
 from collections.abc import Sequence
 
@@ -137,6 +135,15 @@ def gather(value: object) -> list[object]:
     return values
 
 
+# what gloo and NCCL say in a collective whose peer process has gone (killed, crashed)
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "remote process exited")
+
+
+def peer_lost(error: BaseException) -> bool:
+    """Whether `error`, raised in a collective, means another process of the run has gone."""
+    return active() and any(sign in str(error) for sign in PEER_LOST)
+
+
 def first_text(text: str) -> str:
     """The first non-empty `text` in process order; every process must call it."""
     return next((t for t in gather(text) if t), "")
@@ -187,27 +194,3 @@ def broadcast(value: object) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def launch(arguments: Sequence[str], nproc: int) -> int:
-    """Run ``gradwell ARGUMENTS`` in `nproc` processes under torchrun on this machine."""
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1; got {nproc}")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "gradwell",
-        *arguments,
-    ]
-    interrupted = False
-    with subprocess.Popen(command) as torchrun:
-        while True:
-            try:
-                code = torchrun.wait()
-                return 130 if interrupted else code
-            except KeyboardInterrupt:  # torchrun forwards it: the processes stop after a step and save
-                interrupted = True
