@@ -7,6 +7,10 @@ import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+# Ray, started by the cluster tests, listens on the loopback address only: by default it binds the
+# machine's own network address, and the suite sends nothing beyond this machine's loopback
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest

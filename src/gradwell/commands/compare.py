@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,9 +48,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         nargs="?",
         const="",
         metavar="ADDRESS",
-        help="run the config x seed "
-        "grid as Ray tasks: on a local Ray instance, or on the cluster at ADDRESS "
-        "(e.g. auto, ray://host:10001); needs pip install 'gradwell[ray]'",
+        help="run the config x seed grid as Ray tasks: on the cluster in RAY_ADDRESS or a new local "
+        "Ray instance, or on the cluster at ADDRESS (e.g. auto, ray://host:10001; local: always a new "
+        "instance); a run whose worker dies fails, not retried; needs pip install 'gradwell[ray]'",
     )
     parser.add_argument("--out", help="the run folder (default runs/compare-<timestamp>)")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -72,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from gradwell.experiment.cluster import RayExecutor
 
-        with RayExecutor(args.ray or None) as executor:
+        # Ray prints its workers' output and its own error messages (a worker died) on stdout,
+        # which is gradwell's results (the JSON of --json): they go to stderr until Ray stops
+        with contextlib.redirect_stdout(sys.stderr), RayExecutor(args.ray or None) as executor:
             results = run_experiment(arms, seeds=range(args.seeds), workers=args.workers, executor=executor)
     out = Path(args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
     comparison = write_report(results, out, args.metric)
