@@ -17,7 +17,7 @@ from gradwell import build, job
 from gradwell import config as configs
 from gradwell.activations import Swish
 from gradwell.cli import main
-from gradwell.errors import CheckpointError, ConfigError, GradwellError
+from gradwell.errors import CheckpointError, ConfigError, DataError, GradwellError
 from gradwell.run_folder import LOCK_FILE, load_run
 from gradwell.train import checkpoint
 
@@ -206,3 +206,8 @@ def test_the_help_of_claims_and_compare_reads_95_percent(capsys):
             main([command, "--help"])
         out = capsys.readouterr().out
         assert "95%" in out and "95%%" not in out
+
+
+def test_a_number_of_samples_that_would_take_too_long_to_generate_is_refused_with_the_estimate():
+    with pytest.raises(DataError, match=r"data.num_samples = 300000 would take about \d+ minutes"):
+        build.load_data(configs.load(None, ["data.num_samples=300000", "data.max_minutes=0.001"]))
