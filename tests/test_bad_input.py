@@ -211,3 +211,17 @@ def test_the_help_of_claims_and_compare_reads_95_percent(capsys):
 def test_a_number_of_samples_that_would_take_too_long_to_generate_is_refused_with_the_estimate():
     with pytest.raises(DataError, match=r"data.num_samples = 300000 would take about \d+ minutes"):
         build.load_data(configs.load(None, ["data.num_samples=300000", "data.max_minutes=0.001"]))
+
+
+def test_an_emptied_config_is_refused_on_resume_and_a_temporary_file_in_the_run_folder_removed(
+    tmp_path, capsys
+):
+    run_dir = trained_run(tmp_path)
+    orphan = run_dir / ".model.safetensors.x1y2.tmp"  # a kill during the final weights' write
+    orphan.write_bytes(b"half the weights")
+    config = configs.load(run_dir / "config.toml")
+    job.run(config, run_dir=run_dir, resume=True)
+    assert not orphan.exists() and configs.load(run_dir / "config.toml") == config
+    (run_dir / "config.toml").write_text("")  # what a kill inside a plain write_text left before
+    status, err = run_cli(capsys, "train", "--resume", str(run_dir))
+    assert status == 2 and "config.toml is empty: the write of the run's config was cut off" in err

@@ -1,13 +1,20 @@
 """Runs that go wrong: non-finite values, Ctrl-C, SIGKILL, bad data. Nothing is lost or corrupted."""
 
+import contextlib
+import dataclasses
 import json
+import logging
 import os
+import random
+import select
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections import OrderedDict
+import tomllib
+from collections import Counter, OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +28,8 @@ from gradwell.errors import CheckpointError, DataError, NonFiniteError
 from gradwell.train import Callback, fit
 from gradwell.train import checkpoint as ckpt
 from gradwell.train.guard import Interrupted
+
+log = logging.getLogger(__name__)
 
 
 class Blowup(nn.Module):
@@ -329,3 +338,280 @@ def test_resuming_with_a_config_that_does_not_fit_the_checkpoint_keeps_the_run_r
         configs.load(first.run_dir / "config.toml", ["train.epochs=2"]), first.run_dir, resume=True
     )
     assert len(more.epochs) == 2
+
+
+# --- a fault campaign: SIGKILL at random moments, the resumes killed too ---------------------
+
+CAMPAIGN = [
+    "train", "--set", "data.name=digits", "--set", "model.depth=2", "--set", "model.width=32",
+    "--set", "model.dropout=0.1", "--set", "train.epochs=8", "--set", "output.progress=false",
+]  # fmt: skip
+
+FORK_SERVER = textwrap.dedent(
+    """
+    import json, os, sys, traceback
+    import matplotlib.pyplot, sklearn.datasets, torch._dynamo  # most of a run's start-up, paid once
+    from gradwell import cli, job  # noqa: F401  (job: what `gradwell train` imports when it starts)
+
+    # fork copies the calling thread alone: one more thread here (holding a lock) could hang a child
+    assert len(os.listdir("/proc/self/task")) == 1, "the fork server must have a single thread"
+    sys.stdout.write("ready\\n")
+    sys.stdout.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: `gradwell ARGS`, as `python -m gradwell ARGS` runs it
+            code = 1
+            try:
+                log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                sys.argv = ["gradwell", *request["args"]]
+                code = cli.main(request["args"])
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        sys.stdout.write(f"{pid}\\n")
+        sys.stdout.flush()
+        sys.stdout.write(f"{os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}\\n")
+        sys.stdout.flush()
+    """
+)
+
+
+class ForkServer:
+    """`gradwell` command lines, each in a process forked from one warm interpreter.
+
+    A fresh `python -m gradwell train` spends ~7 s of CPU importing torch, scikit-learn and
+    matplotlib before it writes a byte; forked from an interpreter that has imported them, a run
+    starts at once, so a kill costs the run's own work, not the imports. The child runs gradwell's
+    command line (`cli.main`) as a user's process does, with its own pid, and dies of a real SIGKILL.
+    """
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd, self.log = cwd, cwd / "last.log"  # the output of the latest command
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", FORK_SERVER], cwd=cwd, env=quiet_env(), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, bufsize=0,
+        )  # fmt: skip  # unbuffered: a line read leaves the next one in the pipe, where select sees it
+        try:
+            assert self.line() == "ready\n", "the fork server did not start"
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def line(self, timeout: float = 120) -> str:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        assert ready, f"no answer from the fork server in {timeout} s"
+        return self.process.stdout.readline().decode()
+
+    def run(self, args: list[str], kill: "Kill | None" = None) -> int:
+        """`gradwell ARGS`, killed as `kill` says; its exit code (-9 when killed)."""
+        self.process.stdin.write(json.dumps({"args": args, "log": str(self.log)}).encode() + b"\n")
+        pid = int(self.line())
+        if kill is not None:
+            with contextlib.suppress(ProcessLookupError):  # it ended first
+                pidfd = os.pidfd_open(pid)  # the process itself, never a later one given its pid
+                try:
+                    if not ended(pidfd, kill.delay) and (not kill.at_write or at_a_write(pidfd, self.cwd)):
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                finally:
+                    os.close(pidfd)
+        return int(self.line())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def ended(pidfd: int, timeout: float) -> bool:
+    """Whether the process ends within `timeout` seconds (a pidfd turns readable when it does)."""
+    return bool(select.select([pidfd], [], [], timeout)[0])
+
+
+def temporaries(cwd: Path) -> set[Path]:
+    return set(cwd.glob("runs/*/checkpoints/.step-*.tmp"))
+
+
+def at_a_write(pidfd: int, cwd: Path) -> bool:
+    """Wait until a checkpoint write begins (a new temporary file); False if the process ends first."""
+    before = temporaries(cwd)
+    while not temporaries(cwd) - before:
+        if ended(pidfd, 0.0005):  # a write, flushed and fsynced, lasts a few milliseconds
+            return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill:
+    """A SIGKILL `delay` seconds into a run, or, `at_write`, at its first checkpoint write after that."""
+
+    delay: float
+    at_write: bool = False
+
+    @classmethod
+    def draw(cls, rng: random.Random, fresh: bool, first: float, window: float) -> "Kill":
+        """A fresh start is killed, one time in two, before `first`, when the uninterrupted run wrote
+        its first checkpoint: before its folder, its config.toml or any checkpoint exists, so the
+        next try starts from scratch. Other kills come anywhere in (0, `window`), one in four of them
+        at the next checkpoint write after that."""
+        if fresh and rng.random() < 0.5:
+            return cls(rng.uniform(0, first))
+        return cls(rng.uniform(0, window), at_write=rng.random() < 0.25)
+
+    def __str__(self) -> str:
+        return f"{self.delay:.3f} s in" + ", then at the next checkpoint write" * self.at_write
+
+
+def epochs(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+
+def config_of(path: Path) -> dict | str:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        return f"not TOML ({error})"
+
+
+class Campaign:
+    """Kills at moments drawn from random.Random(seed), scaled to the uninterrupted run in `whole`;
+    after each, the user's next step, until the run ends."""
+
+    def __init__(self, server: ForkServer, whole: Path, started: float, seed: int, kills: int) -> None:
+        self.server, self.runs, self.seed, self.kills = server, whole.parent, seed, kills
+        self.rng = random.Random(seed)
+        self.last = ckpt.saved_steps(whole / "checkpoints")[0]  # the final step
+        # the moments: config.toml written (training begins), the first and the last checkpoint
+        began = (whole / "config.toml").stat().st_mtime - started
+        ended = ckpt.checkpoint_path(whole / "checkpoints", self.last).stat().st_mtime - started
+        assert 0 < began < ended, f"file times too coarse to time the run: {began:.3f} s, {ended:.3f} s"
+        self.first = began + (ended - began) / len(epochs(whole))
+        self.window = 1.2 * ended  # past the last checkpoint, into the final writes
+        self.config = config_of(whole / "config.toml")
+        self.history: list[str] = []
+        self.stages: Counter[str] = Counter()
+        log.info("GRADWELL_FAULT_KILLS=%d GRADWELL_FAULT_SEED=%d: kills over (0, %.3f s), the "
+                 "uninterrupted run's checkpoints from %.3f s to %.3f s", kills, seed, self.window,
+                 self.first, ended)  # fmt: skip
+
+    def story(self) -> str:
+        return "\n".join(["the kills so far:", *self.history])
+
+    def finish(self, name: str) -> Path:
+        """The run `name` started, killed and resumed until a try ends it; its run folder."""
+        run_dir = None
+        while True:
+            kill = None
+            if len(self.history) < self.kills:
+                fresh = run_dir is None or not (run_dir / "config.toml").is_file()
+                kill = Kill.draw(self.rng, fresh, self.first, self.window)
+            before = temporaries(self.server.cwd)
+            run_dir, code, what = self.next_try(name, run_dir, kill)
+            if code == 0:
+                if kill is not None:
+                    log.info("%s ended before its kill (%s)", what, kill)
+                return run_dir
+            assert code == -signal.SIGKILL and kill is not None, (
+                f"{what} failed:\n{self.server.log.read_text()}\n{self.story()}"
+            )
+            self.record(kill, what, name, run_dir, wrote=bool(temporaries(self.server.cwd) - before))
+
+    def next_try(self, name: str, run_dir: Path | None, kill: Kill | None) -> tuple[Path | None, int, str]:
+        """What a user does after a kill: `--resume` the run folder; where there is none, or the kill
+        came before config.toml (which --resume needs), the same command again, which makes a new
+        folder (name-2, ...). The run folder, the exit code and what was tried."""
+        if run_dir is not None and (run_dir / "config.toml").is_file():
+            return (
+                run_dir,
+                self.server.run(["train", "--resume", str(run_dir)], kill),
+                f"a resume of {run_dir.name}",
+            )
+        if run_dir is not None:
+            assert self.server.run(["train", "--resume", str(run_dir)]) == 2
+            assert "is not a run folder of gradwell train" in self.server.log.read_text()
+        before = set(self.runs.glob("*"))
+        code = self.server.run([*CAMPAIGN, "--set", f"output.name={name}"], kill)
+        made = set(self.runs.glob("*")) - before
+        assert len(made) <= 1, made
+        return (made.pop() if made else None), code, f"a fresh start of {name}"
+
+    def record(self, kill: Kill, what: str, name: str, run_dir: Path | None, wrote: bool) -> None:
+        """Log the kill and what it left; config.toml, when there, must still be the run's config."""
+        config = run_dir / "config.toml" if run_dir is not None else None
+        steps = ckpt.saved_steps(run_dir / "checkpoints") if run_dir is not None else []
+        if run_dir is None:
+            stage = "before the run folder"
+        elif not config.is_file():
+            stage = "before config.toml"
+        elif wrote:  # a temporary file left
+            stage = "during a checkpoint write"
+        else:
+            stage = "before the first checkpoint" if not steps else "mid-training"
+            stage = "after the last checkpoint" if steps and steps[0] == self.last else stage
+        self.stages[stage] += 1
+        left = f"{run_dir.name}, checkpoints at steps {steps}" if run_dir is not None else "no run folder"
+        self.history.append(
+            f"kill {len(self.history) + 1} (seed {self.seed}): {what}, {kill}: {stage}; left {left}"
+        )
+        log.info("%s", self.history[-1])
+        if config is not None and config.is_file():
+            expected = {
+                **self.config,
+                "output": {**self.config["output"], "name": name},
+            }
+            assert config_of(config) == expected, (
+                f"after this kill {config} holds {config.stat().st_size} bytes, not the run's config: "
+                f"each start rewrites it in place (gradwell.job.train_in), and --resume reads an empty "
+                f"one as the default config\n{self.story()}"
+            )
+
+    def check_same_run(self, run_dir: Path, whole: Path) -> None:
+        """`run_dir` ended as the uninterrupted run `whole` did, and left no temporary checkpoint."""
+        from safetensors.torch import load_file
+
+        story = f"{run_dir.name}, {self.story()}"
+        weights, expected = load_file(run_dir / "model.safetensors"), load_file(whole / "model.safetensors")
+        assert weights.keys() == expected.keys(), story
+        assert [k for k in expected if not torch.equal(weights[k], expected[k])] == [], story
+        assert [e["epoch"] for e in epochs(run_dir)] == [e["epoch"] for e in epochs(whole)], story
+        assert epochs(run_dir) == epochs(whole), story
+        assert list((run_dir / "checkpoints").glob(".step-*.tmp")) == [], story
+
+
+def test_sigkill_at_random_moments_also_during_resumes_ends_bitwise_as_an_uninterrupted_run(tmp_path, caplog):
+    """The fault campaign: `gradwell train` killed at random moments (before its folder exists,
+    mid-epoch, during checkpoint writes, during its final writes), its resumes killed too, ends
+    with the weights and metrics of a run never killed. GRADWELL_FAULT_KILLS sets the number of
+    kills (default 10), GRADWELL_FAULT_SEED the seed of their moments (default 0); a failure
+    lists each kill with both, to draw the same moments again."""
+    caplog.set_level(logging.INFO, logger=__name__)
+    kills = int(os.environ.get("GRADWELL_FAULT_KILLS", "10"))
+    seed = int(os.environ.get("GRADWELL_FAULT_SEED", "0"))
+    started = time.time()
+    server = ForkServer(tmp_path)
+    try:
+        log.info("the fork server started in %.1f s", time.time() - started)
+        started = time.time()
+        assert server.run([*CAMPAIGN, "--set", "output.name=whole"]) == 0, server.log.read_text()
+        whole = tmp_path / "runs" / "whole"
+        campaign = Campaign(server, whole, started, seed, kills)
+        cycle = 0
+        while len(campaign.history) < kills:
+            campaign.check_same_run(campaign.finish(f"cut{cycle}"), whole)
+            cycle += 1
+        log.info("%d kills over %d runs, each resumed to its end: %s", kills, cycle, dict(campaign.stages))
+    finally:
+        server.close()

@@ -92,8 +92,9 @@ def train_in(prepared: Prepared, run_dir: Path, resume: bool) -> JobResult:
         resume
     ):  # before config.toml is rewritten: a config that does not fit must not replace the one that did
         check_resumable(prepared.model, run_dir)
-    if main:
-        (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
+    if main:  # atomically: a kill while it is written must leave the old config, never an empty one
+        checkpoint.remove_orphans(run_dir)
+        checkpoint.write_atomically(run_dir / "config.toml", tomli_w.dumps(config.to_dict()).encode())
     monitor = Monitor()
     callbacks = [*([MetricsLogger(run_dir / "metrics.jsonl")] if main else []), monitor]
     started = time.perf_counter()

@@ -73,9 +73,12 @@ def check_target(path: Path, what: str) -> Path:
 def check_run_folder(path: str | Path, needs: str = "config.toml") -> Path:
     """`path` as a run folder holding `needs`; CheckpointError naming what is missing."""
     run_dir = Path(path)
+    wanted = "config.toml" + ("" if needs == "config.toml" else f" and {needs}")
     if not run_dir.is_dir() or not (run_dir / "config.toml").is_file() or not (run_dir / needs).is_file():
+        raise CheckpointError(f"{str(run_dir)!r} is not a run folder of gradwell train: it needs {wanted}")
+    if (run_dir / "config.toml").stat().st_size == 0:
         raise CheckpointError(
-            f"{str(run_dir)!r} is not a run folder of gradwell train: it needs config.toml and {needs}"
+            f"{run_dir / 'config.toml'} is empty: the write of the run's config was cut off"
         )
     return run_dir
 

@@ -190,16 +190,16 @@ def prune(directory: str | Path, keep: int) -> None:
 
 
 def remove_orphans(directory: str | Path) -> None:
-    """Delete temporary checkpoint files (``.step-*.safetensors.*.tmp``) that no write will finish.
+    """Delete the temporary files of `write_atomically` (``.NAME.*.tmp``) that no write will finish.
 
     Only the run's one writing process calls this, between its own writes (a run folder is
     locked to one run), so no temporary file it finds is still being written.
     """
     directory = Path(directory)
     if directory.is_dir():
-        for orphan in directory.glob(".step-*.safetensors.*.tmp"):
+        for orphan in directory.glob(".*.tmp"):
             orphan.unlink(missing_ok=True)
-            log.info("removed %s, left by an interrupted checkpoint write", orphan.name)
+            log.info("removed %s, left by an interrupted write", orphan.name)
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
