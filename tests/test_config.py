@@ -132,3 +132,26 @@ def test_the_example_configs_are_valid(name):
     config = configs.load(path, ["data.num_samples=200"])
     prepared = build.prepare(config)
     assert sum(p.numel() for p in prepared.model.parameters()) > 0
+
+
+def test_an_override_into_a_section_that_is_not_a_table_is_a_config_error(tmp_path):
+    # found by the config fuzzer: `optimizer = 67` in the file and --set optimizer.lr=0.1 was a
+    # TypeError ('int' object does not support item assignment)
+    path = write(tmp_path, "optimizer = 67\n")
+    for override in ("optimizer.lr=0.1", "optimizer.name=sgd"):
+        with pytest.raises(ConfigError, match=r"\[optimizer\] in the config is 67, not a table of keys"):
+            configs.load(path, [override])
+
+
+@pytest.mark.parametrize("key", ["dir", "name"])
+def test_an_output_path_with_a_nul_character_is_a_config_error(key):
+    # found by the command-line fuzzer: output.name = "x\0y" was a ValueError from the first mkdir
+    with pytest.raises(ConfigError, match=rf"output.{key} = 'x\\x00y' holds a NUL character"):
+        configs.from_dict({"output": {key: "x\0y"}})
+
+
+def test_an_override_of_hidden_replaces_depth_and_width_and_the_reverse():
+    widths = configs.load(None, ["model.hidden=[16, 8]"]).model
+    assert widths["hidden"] == [16, 8] and "depth" not in widths and "width" not in widths
+    back = configs.load(None, ["model.hidden=[16, 8]", "model.depth=2", "model.width=4"]).model
+    assert (back["depth"], back["width"]) == (2, 4) and "hidden" not in back

@@ -252,6 +252,15 @@ def test_csv_missing_file_and_bad_encoding(tmp_path):
         load(f"csv:{tmp_path / 'd.csv'}")
 
 
+def test_num_classes_beyond_torchs_sizes_is_a_data_error():
+    # found by the config fuzzer: num_classes = 2**70 loaded, then the model's output layer was a
+    # TypeError from torch.empty ("Overflow when unpacking long long")
+    with pytest.raises(
+        DataError, match=r"num_classes must be an integer below 2\*\*63 .*; got 1180591620717411303424"
+    ):
+        load("digits", num_classes=2**70)
+
+
 def test_num_classes_allows_empty_classes(tmp_path):
     path = write_csv(tmp_path / "d.csv", ["a", "label"], [[0.5, 1], [1.5, 3], [2.5, 1]])
     data = load(f"csv:{path}", num_classes=5, val_fraction=0, test_fraction=0)

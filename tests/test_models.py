@@ -274,3 +274,34 @@ def test_cnn_auto_init_counts_the_receptive_field(generator):
 def test_cnn_bad_input_raises(in_shape, kwargs):
     with pytest.raises(GradwellError):
         cnn(in_shape, 3, **kwargs)
+
+
+def test_a_config_turns_pooling_off_with_none():
+    # TOML has no null: pool = "none" is the config's way to write pool=None, as for batchnorm
+    assert not any(hasattr(block, "pool") for _, block in hidden_blocks(cnn((8, 8), 3, [4, 4], pool="none")))
+    with pytest.raises(GradwellError, match=r"unknown pool 'min'; valid: max, avg, none$"):
+        cnn((8, 8), 3, pool="min")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: mlp(4, 2, [2**70]),
+            r"hidden must be positive ints below 2\*\*63 .*; got \[1180591620717411303424\]",
+        ),
+        (
+            lambda: mlp(4, 2**64),
+            r"out_features must be a positive int below 2\*\*63 .*; got 18446744073709551616",
+        ),
+        (lambda: cnn((8, 8), 2, [10**30]), r"channels must be positive ints below 2\*\*63"),
+        (
+            lambda: cnn((8, 8), 2, [4], kernel_size=10**30),
+            r"kernel_size must be a positive int below 2\*\*63",
+        ),
+    ],
+)
+def test_a_size_beyond_torchs_int64_is_named_not_an_overflow_inside_torch(make, message):
+    # found by the config fuzzer: hidden = [2**70] was a TypeError from torch.empty, a traceback
+    with pytest.raises(GradwellError, match=message):
+        make()

@@ -484,6 +484,25 @@ def test_bad_input_names_the_value_and_what_is_valid(make, words):
         assert word in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("make", "key"),
+    [
+        (lambda p: SGD(p, lr=1e39), "SGD lr = 1e+39"),
+        (lambda p: Adam(p, eps=1e39), "Adam eps = 1e+39"),
+        (lambda p: AdamW(p, weight_decay=1e308), "AdamW weight_decay = 1e+308"),
+        (lambda p: SGD(p, clipvalue=1e39), "clipvalue = 1e+39"),
+        (lambda p: RMSProp(p, global_clipnorm=1e39), "global_clipnorm = 1e+39"),
+    ],
+)
+def test_a_number_beyond_float32_is_refused_before_the_kernels_overflow(make, key):
+    # found by the config fuzzer: lr = 1e39 on float32 weights was a RuntimeError ("value cannot be
+    # converted to type float without overflow") at the first step, after the run folder was written
+    with pytest.raises(GradwellError) as error:
+        make([torch.nn.Parameter(torch.ones(2))])
+    assert key in str(error.value) and "3.40282e+38" in str(error.value)
+    make([torch.nn.Parameter(torch.ones(2, dtype=torch.float64))])  # float64 kernels take it
+
+
 def test_sparse_gradients_are_refused():
     embedding = torch.nn.Embedding(10, 3, sparse=True)
     embedding(torch.tensor([1, 2])).sum().backward()

@@ -247,3 +247,27 @@ def test_bad_schedules_name_the_value_and_what_is_valid(name, kwargs, words):
         schedule(name, SGD(parameters(), lr=0.01, momentum=0.9), **kwargs)
     for word in words:
         assert word in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "words"),
+    [
+        ("onecycle", {"max_lr": 1e39, "total_steps": 10}, ["max_lr = 1e+39", "3.40282e+38"]),
+        ("onecycle", {"max_lr": 0.1, "total_steps": 10, "div_factor": 1e-300}, ["max_lr / div_factor"]),
+        (
+            "onecycle",
+            {"max_lr": 0.1, "total_steps": 10, "final_div_factor": 1e-300},
+            ["max_lr / div_factor / final_div_factor", "final_div_factor=1e-300"],
+        ),
+        ("piecewise", {"boundaries": [5], "values": [0.1, 1e39]}, ["values[1] = 1e+39", "3.40282e+38"]),
+        ("performance", {"min_lr": 1e39}, ["min_lr = 1e+39", "3.40282e+38"]),
+    ],
+)
+def test_a_rate_beyond_float32_is_refused_before_the_kernels_overflow(name, kwargs, words):
+    # found by the config fuzzer: a rate the float32 kernels cannot take was a RuntimeError from
+    # inside torch mid-run (onecycle's max_lr = 1e39 or a tiny div_factor, a piecewise value, or a
+    # min_lr that ReduceLROnPlateau raises the rate to)
+    with pytest.raises(GradwellError) as error:
+        schedule(name, SGD(parameters(), lr=0.01, momentum=0.9), **kwargs)
+    for word in words:
+        assert word in str(error.value)

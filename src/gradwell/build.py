@@ -95,8 +95,18 @@ def check_sections(config: Config) -> None:
         name = values.pop("name", default)
         if name != "none" and (not isinstance(name, str) or name not in table):
             raise unknown_name(section, name, [*table, *(["none"] if section == "schedule" else [])])
+        if name == "none" and values:  # no schedule: an option given to it would be silently unused
+            named = "schedule.name is 'none'" if "name" in config.schedule else "'none' by default"
+            raise ConfigError(
+                f"schedule.{next(iter(values))} is set, but no schedule is named ({named}); "
+                f"name one of {', '.join(table)}, or leave the option out"
+            )
         if name != "none":
             check_types(section, table[name], values)
+        if section == "optimizer":  # the options every optimizer takes through GradwellOptimizer
+            check_types(
+                section, optim.GradwellOptimizer, {k: v for k, v in values.items() if k in optim.OPTIONS}
+            )
 
 
 def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
@@ -112,6 +122,7 @@ def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
     except (RuntimeError, MemoryError, OverflowError) as error:  # a size too large to allocate
         needed = re.search(r"allocate (\d+) bytes", str(error))
         reason = f"one of its tensors would need {readable(int(needed[1]))}" if needed else str(error)
+        reason = reason or "out of memory"  # a MemoryError has no message
         raise ConfigError(
             f"the model of [model] {options} for {dataset.num_classes} classes of inputs "
             f"{tuple(dataset.feature_shape)} cannot be built: {reason.splitlines()[-1]}"
@@ -119,9 +130,26 @@ def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
 
 
 def quoted_key(section: str, options: dict[str, Any], message: str) -> str:
-    """``section.key`` for the first option whose value `message` quotes, else ``[section]``."""
-    key = next((k for k, v in options.items() if repr(v) in message or f"={v!r}" in message), None)
-    return f"{section}.{key}" if key is not None else f"[{section}]"
+    """``section.key`` for the option whose value `message` quotes, else ``[section]``.
+
+    A quoted list or table is the likeliest culprit, then an option the message also names, then
+    the longest value quoted; a short number or bool quoted by chance ("2" in "size 2") does not count.
+
+    >>> quoted_key("model", {"activation": "elu", "pool_every": 2, "activation_options": {"x": 2}},
+    ...            "bad options {'x': 2} for activation 'elu'")
+    'model.activation_options'
+    >>> quoted_key("model", {"kernel_size": 3}, "in_shape (8, 8) is too small for 3 poolings of size 2")
+    '[model]'
+    """
+
+    def rank(key: str) -> tuple[bool, bool, int]:
+        value = options[key]
+        named = re.search(rf"\b{re.escape(key)}\b", message) is not None
+        return isinstance(value, (list, tuple, dict)), named, len(repr(value))
+
+    quoted = [k for k, v in options.items() if repr(v) in message or f"={v!r}" in message]
+    likely = [k for k in quoted if rank(k) >= (False, False, 3)]  # a table, a list, named, or long
+    return f"{section}.{max(likely, key=rank)}" if likely else f"[{section}]"
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -253,7 +281,22 @@ def recipe(config: Config, dataset: datasets.Dataset | None = None, **train: Any
     config = with_train(config, **train)
     check_sections(config)
     device = resolve_device(config.train.device)
-    return Recipe(config, dataset if dataset is not None else load_data(config), device)
+    dataset = dataset if dataset is not None else load_data(config)
+    check_validation(config, dataset)
+    return Recipe(config, dataset, device)
+
+
+def check_validation(config: Config, dataset: datasets.Dataset) -> None:
+    """ConfigError when train.early_stopping watches a validation loss the data cannot give: a run
+    would otherwise train its first epoch and write its folder before EarlyStopping finds out."""
+    patience = config.train.early_stopping
+    if patience is not None and len(dataset.val) == 0:
+        fraction = config.data.get("val_fraction", 0.1)
+        raise ConfigError(
+            f"train.early_stopping = {patience} stops on val_loss, but {dataset.name} has no validation "
+            f"samples (data.val_fraction = {fraction!r}); give data.val_fraction > 0, or leave "
+            "train.early_stopping out"
+        )
 
 
 def prepare(config: Config, dataset: datasets.Dataset | None = None, **train: Any) -> Prepared:

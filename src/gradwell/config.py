@@ -11,7 +11,8 @@ the function they reach, so a builder's new option needs no change here:
     [schedule]    name = "onecycle", then options of gradwell.optim.schedule (or name = "none")
 
 An override ``--set data.name=digits`` (or of model.kind, optimizer.name, schedule.name) starts
-that section afresh: the old dataset's options do not carry over to the new one.
+that section afresh: the old dataset's options do not carry over to the new one. An override of
+model.hidden replaces the config's depth and width, and one of depth or width its hidden.
 
 Every mistake is reported by key, with the value, what is valid and the closest valid name.
 """
@@ -62,6 +63,12 @@ class OutputConfig:
     name: str = ""  # the run folder's name; empty: a timestamp
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for key in ("dir", "name"):
+            value = getattr(self, key)
+            if isinstance(value, str) and "\0" in value:  # a ValueError from the first mkdir otherwise
+                raise ConfigError(f"output.{key} = {value!r} holds a NUL character, which no path can hold")
+
 
 @dataclass
 class Config:
@@ -79,6 +86,9 @@ class Config:
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 NAME_KEYS = ("data.name", "model.kind", "optimizer.name", "schedule.name")
+# keys that say one thing two ways: an override of one drops the other from the config it changes,
+# so the default's depth and width do not contradict a `--set model.hidden=[16]`
+REPLACES = {"model.hidden": ("depth", "width"), "model.depth": ("hidden",), "model.width": ("hidden",)}
 
 # The default run: the chapter's toolbox on MNIST-1D. A deep batch-normalized MLP with Swish and
 # automatic (He) initialization, Nadam with a 1cycle schedule. 40,000 generated samples, since an
@@ -153,9 +163,17 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             f"valid: {', '.join(SECTIONS)}"
         )
     value = parse_value(text.strip())
-    if key.strip() in NAME_KEYS and raw.get(section, {}).get(name) != value:
-        raw[section] = {}  # options of the old dataset / model / optimizer / schedule do not carry over
-    raw.setdefault(section, {})[name] = value
+    table = raw.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"override {override!r}: [{section}] in the config is {table!r}, not a table of keys"
+        )
+    if key.strip() in NAME_KEYS and table.get(name) != value:
+        # options of the old dataset / model / optimizer / schedule do not carry over
+        table = raw[section] = {}
+    for other in REPLACES.get(key.strip(), ()):
+        table.pop(other, None)
+    table[name] = value
 
 
 def from_dict(raw: Mapping[str, Any], source: str = "config") -> Config:

@@ -116,8 +116,10 @@ def train_in(prepared: Prepared, run_dir: Path, resume: bool) -> JobResult:
         ) from None
     seconds = time.perf_counter() - started
     test = prepared.dataset.test
-    test_metrics = evaluate(
-        prepared.model, test.x.to(prepared.device), test.y.to(prepared.device), config.train.loss
+    test_metrics = (  # a config may keep no test split (test_fraction = 0): nothing to measure then
+        evaluate(prepared.model, test.x.to(prepared.device), test.y.to(prepared.device), config.train.loss)
+        if len(test.y)
+        else {}
     )
     result = JobResult(
         run_dir, test_metrics, history.epochs, history.stop_reason, seconds, prepared.model, prepared.dataset,

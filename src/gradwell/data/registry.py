@@ -71,6 +71,14 @@ def check_options(name: str, loader: Callable[..., Source], options: dict[str, o
             )
 
 
+def classes(num_classes: int) -> int:
+    """`num_classes` checked: at least 2, and a size torch can hold (the model has as many outputs)."""
+    k = count("num_classes", num_classes, 2)
+    if k >= 2**63:
+        raise DataError(f"num_classes must be an integer below 2**63 (torch's sizes); got {num_classes!r}")
+    return k
+
+
 def load(
     name: str,
     *,
@@ -102,5 +110,5 @@ def load(
         val_fraction=fraction("val_fraction", val_fraction),
         test_fraction=fraction("test_fraction", test_fraction),
         seed=count("seed", seed, 0),
-        num_classes=None if num_classes is None else count("num_classes", num_classes, 2),
+        num_classes=None if num_classes is None else classes(num_classes),
     )

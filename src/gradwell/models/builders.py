@@ -41,6 +41,7 @@ from gradwell.selfnorm import warn_if_not_self_normalizing
 ActivationSpec = str | nn.Module | Callable[..., nn.Module] | None
 BATCHNORM_POSITIONS = (None, "before", "after")
 POOLS = ("max", "avg", None)
+MAX_SIZE = 2**63 - 1  # torch's sizes are int64: a larger one fails deep inside torch.empty
 DEFAULT_HIDDEN = (300, 100)  # the chapter's MNIST MLP
 
 
@@ -168,12 +169,16 @@ def positive_ints(name: str, values: object) -> tuple[int, ...]:
     ok = isinstance(values, Sequence) and not isinstance(values, str)
     if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise GradwellError(f"{name} must be positive ints; got {values!r}")
+    if max(values, default=0) > MAX_SIZE:
+        raise GradwellError(f"{name} must be positive ints below 2**63 (torch's sizes); got {values!r}")
     return tuple(values)
 
 
 def positive_int(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise GradwellError(f"{name} must be a positive int; got {value!r}")
+    if value > MAX_SIZE:
+        raise GradwellError(f"{name} must be a positive int below 2**63 (torch's sizes); got {value!r}")
     return value
 
 
@@ -295,7 +300,7 @@ def check_poolable(spatial: tuple[int, ...], pools: int, in_shape: object) -> No
     if pools and min(spatial) < 2**pools:
         raise GradwellError(
             f"in_shape {tuple(in_shape)} is too small for {pools} poolings of size 2; "
-            "use fewer channels, a larger pool_every or pool=None"
+            'use fewer channels, a larger pool_every or pool=None ("none" in a config)'
         )
 
 
@@ -323,8 +328,8 @@ def cnn(
 
     Each block is a stride-1 "same"-padded convolution with `channels[i]` filters of
     `kernel_size`, then BN / activation / dropout as in ``mlp`` (BN normalizes each channel), with
-    a size-2 max or average pooling (`pool`) after every `pool_every` blocks, before the dropout.
-    Global average pooling then feeds the output Linear.
+    a size-2 max or average pooling (`pool`: "max", "avg", or None or "none" for no pooling) after
+    every `pool_every` blocks, before the dropout. Global average pooling then feeds the output Linear.
 
     `in_shape` has no batch axis: (L,) and (C, L) build Conv1d layers, (H, W) and (C, H, W)
     Conv2d layers; a shape without channels gets an nn.Unflatten adding one, so mnist1d's (40,),
@@ -344,8 +349,10 @@ def cnn(
     widths = positive_ints("channels", channels)
     kernel_size = positive_int("kernel_size", kernel_size)
     pool_every = positive_int("pool_every", pool_every)
+    if pool == "none":  # TOML has no null: the way a config turns pooling off
+        pool = None
     if pool not in POOLS:
-        raise unknown_name("pool", pool, [str(p) for p in POOLS])
+        raise unknown_name("pool", pool, ["max", "avg", "none"])
     check_poolable(spatial, 0 if pool is None else len(widths) // pool_every, in_shape)
     options = block_options(
         activation, activation_options, init, batchnorm, bn_momentum, bn_eps, dropout, alpha_dropout

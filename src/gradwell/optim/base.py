@@ -23,7 +23,7 @@ foreach implementations do. The shell does the rest, once for all of them:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -145,10 +145,16 @@ class GradwellOptimizer(Optimizer):
     def validate(self, group: dict[str, Any]) -> None:
         """Check a group's hyperparameters, storing the checked numbers back as floats."""
         name = type(self).__name__
+        high = largest(group["params"])
         check_lr(f"{name} lr", group["lr"])
+        within(f"{name} lr", float(group["lr"]), high)
         for key, bounds in RANGES.items():
             if key in group:
-                group[key] = check_finite(f"{name} {key}", group[key], **bounds)
+                group[key] = within(
+                    f"{name} {key}", check_finite(f"{name} {key}", group[key], **bounds), high
+                )
+        if self.clip is not None:
+            within(*self.clip, high)
         if "betas" in group:
             betas = group["betas"]
             if not isinstance(betas, tuple | list) or len(betas) != 2:
@@ -284,6 +290,29 @@ def check_lr(name: str, lr: float | Tensor) -> None:
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise GradwellError(f"{name} must be a number or a one-element tensor; got shape {tuple(lr.shape)}")
     check_finite(name, lr, low=0.0)
+
+
+def largest(params: Iterable[Tensor]) -> float | None:
+    """The largest hyperparameter the kernels take for these parameters (None: no bound).
+
+    The kernels compute in float32 at least (float64 for float64 parameters); a larger number (an
+    lr of 1e39 on float32 weights) is an overflow error inside torch at the first step.
+
+    >>> largest([torch.zeros(2)]), largest([torch.zeros(2, dtype=torch.float64)]) > 1e308
+    (3.4028234663852886e+38, True)
+    """
+    dtypes = {p.dtype for p in params if isinstance(p, Tensor) and p.is_floating_point()}
+    return min((torch.finfo(torch.promote_types(d, torch.float32)).max for d in dtypes), default=None)
+
+
+def within(name: str, value: float, high: float | None) -> float:
+    """`value`, or an error naming it when it is beyond `high`, the largest number the kernels take."""
+    if high is not None and value > high:
+        raise GradwellError(
+            f"{name} = {value!r} is beyond the largest number the parameters' kernels take "
+            f"({high:g}); valid: a finite number up to {high:g}"
+        )
+    return value
 
 
 def counter(value: Tensor, param: Tensor, capturable: bool) -> Tensor:

@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from gradwell.errors import GradwellError, check_finite, unknown_name
-from gradwell.optim.base import check_arguments
+from gradwell.optim.base import check_arguments, largest, within
 
 
 def is_int(value: object) -> bool:
@@ -101,7 +101,11 @@ def piecewise(
         raise GradwellError(
             f"piecewise schedule boundaries must be increasing positive step counts; got {list(boundaries)!r}"
         )
-    values = [check_finite(f"piecewise schedule values[{i}]", v, low=0.0) for i, v in enumerate(values)]
+    high = largest_rate(optimizer)
+    values = [
+        within(name, check_finite(name, v, low=0.0), high)
+        for name, v in ((f"piecewise schedule values[{i}]", v) for i, v in enumerate(values))
+    ]
     return PiecewiseConstantLR(optimizer, boundaries, values)
 
 
@@ -139,7 +143,11 @@ def performance(
         threshold=check_finite("performance schedule min_delta", min_delta, low=0.0),
         threshold_mode="abs",
         cooldown=cooldown,
-        min_lr=check_finite("performance schedule min_lr", min_lr, low=0.0),
+        min_lr=within(
+            "performance schedule min_lr",
+            check_finite("performance schedule min_lr", min_lr, low=0.0),
+            largest_rate(optimizer),
+        ),
     )
 
 
@@ -202,6 +210,11 @@ def onecycle(
     if anneal_strategy not in ANNEAL_STRATEGIES:
         raise unknown_name("onecycle anneal_strategy", anneal_strategy, ANNEAL_STRATEGIES)
     base_momentum, max_momentum = onecycle_momenta(base_momentum, max_momentum)
+    div_factor = check_finite("onecycle schedule div_factor", div_factor, low=0.0, low_open=True)
+    final_div_factor = check_finite(
+        "onecycle schedule final_div_factor", final_div_factor, low=0.0, low_open=True
+    )
+    check_onecycle_rates(optimizer, max_lr, div_factor, final_div_factor)
     if cycle_momentum is None:
         cycle_momentum = any(g.get("momentum", 0.0) > 0 or "betas" in g for g in optimizer.param_groups)
     return ClampedOneCycleLR(
@@ -213,12 +226,35 @@ def onecycle(
         cycle_momentum=cycle_momentum,
         base_momentum=base_momentum,
         max_momentum=max_momentum,
-        div_factor=check_finite("onecycle schedule div_factor", div_factor, low=0.0, low_open=True),
-        final_div_factor=check_finite(
-            "onecycle schedule final_div_factor", final_div_factor, low=0.0, low_open=True
-        ),
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
         three_phase=three_phase,
     )
+
+
+def check_onecycle_rates(
+    optimizer: Optimizer, max_lr: float, div_factor: float, final_div_factor: float
+) -> None:
+    """The three rates 1cycle passes through, within what the optimizer's kernels take."""
+    high = largest_rate(optimizer)
+    start = max_lr / div_factor
+    rates = {
+        "max_lr": max_lr,
+        "max_lr / div_factor": start,
+        "max_lr / div_factor / final_div_factor": start / final_div_factor,
+    }
+    for name, rate in rates.items():
+        if high is not None and not rate <= high:
+            raise GradwellError(
+                f"onecycle schedule {name} = {rate:g} is beyond the largest rate the parameters' "
+                f"kernels take ({high:g}); got max_lr={max_lr!r}, "
+                f"div_factor={div_factor!r}, final_div_factor={final_div_factor!r}"
+            )
+
+
+def largest_rate(optimizer: Optimizer) -> float | None:
+    """The largest learning rate `optimizer`'s parameters take (gradwell.optim.base.largest)."""
+    return largest(p for group in optimizer.param_groups for p in group["params"])
 
 
 def onecycle_pct_start(pct_start: float, total_steps: int, three_phase: bool) -> float:
