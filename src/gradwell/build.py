@@ -87,26 +87,30 @@ def check_sections(config: Config) -> None:
     activation = options.get("activation")
     if isinstance(activation, str) and activation_info(activation) is None:
         raise ConfigError(f"model.activation: {unknown_name('activation', activation, ACTIVATIONS)}")
-    for section, table, default in (
-        ("optimizer", optim.OPTIMIZERS, "nadam"),
-        ("schedule", optim.SCHEDULES, "none"),
-    ):
-        values = dict(getattr(config, section))
-        name = values.pop("name", default)
-        if name != "none" and (not isinstance(name, str) or name not in table):
-            raise unknown_name(section, name, [*table, *(["none"] if section == "schedule" else [])])
-        if name == "none" and values:  # no schedule: an option given to it would be silently unused
-            named = "schedule.name is 'none'" if "name" in config.schedule else "'none' by default"
-            raise ConfigError(
-                f"schedule.{next(iter(values))} is set, but no schedule is named ({named}); "
-                f"name one of {', '.join(table)}, or leave the option out"
-            )
-        if name != "none":
-            check_types(section, table[name], values)
-        if section == "optimizer":  # the options every optimizer takes through GradwellOptimizer
-            check_types(
-                section, optim.GradwellOptimizer, {k: v for k, v in values.items() if k in optim.OPTIONS}
-            )
+    values = dict(config.optimizer)
+    name = check_name("optimizer", values.pop("name", "nadam"), optim.OPTIMIZERS)
+    check_types("optimizer", optim.OPTIMIZERS[name], values)
+    # the options every optimizer takes through GradwellOptimizer
+    check_types("optimizer", optim.GradwellOptimizer, {k: v for k, v in values.items() if k in optim.OPTIONS})
+    values = dict(config.schedule)
+    name = values.pop("name", "none")
+    if name != "none":
+        check_types(
+            "schedule", optim.SCHEDULES[check_name("schedule", name, optim.SCHEDULES, "none")], values
+        )
+    elif values:  # no schedule: an option given to it would be silently unused
+        named = "schedule.name is 'none'" if "name" in config.schedule else "'none' by default"
+        raise ConfigError(
+            f"schedule.{next(iter(values))} is set, but no schedule is named ({named}); "
+            f"name one of {', '.join(optim.SCHEDULES)}, or leave the option out"
+        )
+
+
+def check_name(section: str, name: Any, table: dict[str, Any], *others: str) -> str:
+    """`name` when `table` (or `others`) has it; the error listing the valid names otherwise."""
+    if not isinstance(name, str) or name not in table:
+        raise unknown_name(section, name, [*table, *others])
+    return name
 
 
 def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
