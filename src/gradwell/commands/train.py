@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from gradwell.commands.output import console, errors, key_value_table, print_error, print_json
 
@@ -99,11 +100,16 @@ def run(args: argparse.Namespace) -> int:
                 run_dir = Path(interrupt.checkpoint).parent.parent
                 errors.print(f"go on with: gradwell train --resume {run_dir}")
         return 128 + interrupt.signum
-    if not distributed.is_main():
-        return 0
-    if args.json:
+    if distributed.is_main():
+        show(result, args.json)
+    return 0
+
+
+def show(result: Any, as_json: bool) -> None:
+    """The finished run: its folder, final and test metrics, and the doctor's verdicts."""
+    if as_json:
         print_json(result.to_dict())
-        return 0
+        return
     final = result.epochs[-1] if result.epochs else {}
     rows = [
         ("dataset", result.dataset.name),
@@ -119,4 +125,3 @@ def run(args: argparse.Namespace) -> int:
     console.print(key_value_table(f"gradwell train: {result.run_dir}", rows))
     if result.doctor is not None:
         console.print(result.doctor.summary())
-    return 0

@@ -17,7 +17,7 @@ import numpy as np
 
 from gradwell.data.checks import Part, count
 from gradwell.data.splits import Source
-from gradwell.errors import DataError, check_finite
+from gradwell.errors import DataError
 from gradwell.memory import check_fits
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -72,7 +72,8 @@ def mnist1d(*, num_samples: int = 5000, data_seed: int = 42, max_minutes: float 
     args.num_samples = count("num_samples", num_samples, 10)
     # the generator keeps several float64 copies of the signals (40 features, templates, noise)
     check_fits(f"data.num_samples = {num_samples}", num_samples * 40 * 8 * GENERATION_COPIES)
-    check_finite("max_minutes", max_minutes, low=0.0, low_open=True)
+    if isinstance(max_minutes, bool) or not isinstance(max_minutes, int | float) or not max_minutes > 0:
+        raise DataError(f"max_minutes must be a number of minutes above 0; got {max_minutes!r}")
     if args.num_samples > TIMED_ABOVE:
         check_generation_time(args, max_minutes)
     args.seed = count("data_seed", data_seed, 0)
