@@ -37,7 +37,7 @@ from gradwell.run_folder import MODEL_FILE, check_output, create_run_dir, locked
 from gradwell.train import checkpoint, distributed
 from gradwell.train.callbacks import MetricsLogger
 from gradwell.train.launch import tell_launcher
-from gradwell.train.losses import evaluate
+from gradwell.train.losses import evaluate_split
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,7 @@ def train_in(prepared: Prepared, run_dir: Path, resume: bool) -> JobResult:
             f"checkpoint is in {run_dir / 'checkpoints'}: go on with: gradwell train --resume {run_dir}"
         ) from None
     seconds = time.perf_counter() - started
-    test = prepared.dataset.test
-    test_metrics = (  # a config may keep no test split (test_fraction = 0): nothing to measure then
-        evaluate(prepared.model, test.x.to(prepared.device), test.y.to(prepared.device), config.train.loss)
-        if len(test.y)
-        else {}
-    )
+    test_metrics = evaluate_split(prepared.model, prepared.dataset.test, config.train.loss)
     result = JobResult(
         run_dir, test_metrics, history.epochs, history.stop_reason, seconds, prepared.model, prepared.dataset,
         path=history.path,

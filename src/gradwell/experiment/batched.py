@@ -47,9 +47,9 @@ from gradwell.norm import BatchNorm
 from gradwell.optim import is_elementwise
 from gradwell.regularize import l1_l2_penalty, max_norm_
 from gradwell.train.fused import plan
-from gradwell.train.loop import History, training_options
+from gradwell.train.loop import History
 from gradwell.train.losses import CLASSIFICATION, LOSSES
-from gradwell.train.options import TrainOptions
+from gradwell.train.options import TrainOptions, training_options
 
 CLIP_OPTIONS = ("clipnorm", "global_clipnorm")
 

@@ -32,7 +32,7 @@ from gradwell.data import Dataset
 from gradwell.experiment.batched import fit_seeds, stack_problem, too_large_to_pay
 from gradwell.experiment.records import RunRecord, failed
 from gradwell.train.callbacks import Callback
-from gradwell.train.losses import evaluate as evaluate_model
+from gradwell.train.losses import evaluate_split
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,7 @@ def finish(
     evaluate: Evaluate | None,
 ) -> RunRecord:
     """A trained run's record: test metrics and the extra evaluation."""
-    device = next(model.parameters()).device
-    test = dataset.test
-    metrics = (
-        evaluate_model(model, test.x.to(device), test.y.to(device), config.train.loss) if len(test.y) else {}
-    )
+    metrics = evaluate_split(model, dataset.test, config.train.loss)
     extra = evaluate(model, dataset) if evaluate is not None else {}
     return RunRecord(label, seed, "ok", path, history, metrics, extra)
 

@@ -26,7 +26,7 @@ from gradwell.plots import figure, integer_ticks
 class Comparison:
     """Summaries per config and paired comparisons on one metric.
 
-    >>> from gradwell.experiment.runner import RunRecord
+    >>> from gradwell.experiment.records import RunRecord
     >>> runs = {"he": [0.91, 0.93, 0.92, 0.94], "glorot": [0.89, 0.90, 0.91, 0.92]}  # per seed
     >>> records = [RunRecord(arm, seed, "ok", "single", test={"accuracy": value})
     ...            for arm, values in runs.items() for seed, value in enumerate(values)]
@@ -63,7 +63,7 @@ def compare_results(
     `failed_value` scores failed runs (e.g. chance accuracy for a diverged run); None leaves them out.
     `higher` says whether larger is better; by default, from the metric's name.
 
-    >>> from gradwell.experiment.runner import RunRecord
+    >>> from gradwell.experiment.records import RunRecord
     >>> runs = {"he": [0.91, 0.93, 0.92, 0.94], "glorot": [0.89, 0.90, 0.91, 0.92]}  # per seed
     >>> records = [RunRecord(arm, seed, "ok", "single", test={"accuracy": value})
     ...            for arm, values in runs.items() for seed, value in enumerate(values)]
@@ -193,7 +193,7 @@ def write_report(
 ) -> Comparison:
     """Write results.json, report.md and the two plots into `directory`; return the comparison.
 
-    >>> from gradwell.experiment.runner import RunRecord
+    >>> from gradwell.experiment.records import RunRecord
     >>> runs = {"he": [0.91, 0.93, 0.92, 0.94], "glorot": [0.89, 0.90, 0.91, 0.92]}  # per seed
     >>> records = [RunRecord(arm, seed, "ok", "single", test={"accuracy": value})
     ...            for arm, values in runs.items() for seed, value in enumerate(values)]

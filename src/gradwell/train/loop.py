@@ -24,13 +24,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from gradwell.errors import ConfigError, unknown_name
+from gradwell.errors import ConfigError
 from gradwell.selfnorm import warn_if_penalties_break_self_normalization
 from gradwell.train import checkpoint, distributed, nonfinite, state
 from gradwell.train.callbacks import Callback
 from gradwell.train.guard import Interrupted, nonfinite_error, stop_on_signals
 from gradwell.train.losses import check_data_fits_model, evaluate
-from gradwell.train.options import TrainOptions
+from gradwell.train.options import TrainOptions, training_options
 from gradwell.train.paths import BuiltStep, choose
 from gradwell.train.step import Metrics, StepContext
 
@@ -211,19 +211,6 @@ def fit(
         step.close()
     run.history.stop_reason = run.stop_reason or f"completed {options.epochs} epochs"
     return run.history
-
-
-def training_options(options: TrainOptions | None, changes: dict[str, Any]) -> TrainOptions:
-    """`options` with `changes`, or TrainOptions made from `changes`; an unknown name is refused."""
-    if options is not None:
-        return options.replace(**changes) if changes else options
-    valid = [f.name for f in dataclasses.fields(TrainOptions)]
-    unknown = [name for name in changes if name not in valid]
-    if unknown:
-        raise ConfigError(str(unknown_name("training option", unknown[0], valid)))
-    if "epochs" not in changes:
-        raise ConfigError("fit needs epochs (or options=TrainOptions(epochs=...))")
-    return TrainOptions(**changes)
 
 
 def start(

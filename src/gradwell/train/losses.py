@@ -9,6 +9,7 @@ followed by a log.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,20 @@ def evaluate(
     if loss in CLASSIFICATION:
         metrics["accuracy"] = int(correct) / len(x)
     return metrics
+
+
+def evaluate_split(model: nn.Module, split: Any, loss: str | Loss = "cross_entropy") -> dict[str, float]:
+    """`evaluate` on a data split (``x``, ``y``) moved to the model's device; {} for an empty split
+    (a config may keep no test samples: there is nothing to measure then).
+
+    >>> from gradwell.data import Split
+    >>> evaluate_split(nn.Linear(4, 3), Split(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)))
+    {}
+    """
+    if len(split.y) == 0:
+        return {}
+    device = next(model.parameters()).device
+    return evaluate(model, split.x.to(device), split.y.to(device), loss)
 
 
 def check_data_fits_model(model: nn.Module, x: Tensor, y: Tensor, loss: str | Loss) -> None:

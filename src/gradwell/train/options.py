@@ -106,8 +106,24 @@ class TrainOptions:
         >>> TrainOptions(epochs=3).replace(epochs=5, seed=1).epochs
         5
         """
-        valid = [f.name for f in dataclasses.fields(self)]
-        for name in changes:
-            if name not in valid:
-                raise ConfigError(str(unknown_name("training option", name, valid)))
+        check_names(type(self), changes)
         return dataclasses.replace(self, **changes)
+
+
+def check_names(cls: type[TrainOptions], names: Any) -> None:
+    """ConfigError naming the first of `names` that is no field of `cls`, with the valid ones."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ConfigError(str(unknown_name("training option", unknown[0], valid)))
+
+
+def training_options(options: TrainOptions | None, changes: dict[str, Any]) -> TrainOptions:
+    """`options` with `changes`, or TrainOptions made from `changes` (fit's keywords): what a
+    function taking both ``options=`` and single options trains with."""
+    if options is not None:
+        return options.replace(**changes) if changes else options
+    check_names(TrainOptions, changes)
+    if "epochs" not in changes:
+        raise ConfigError("fit needs epochs (or options=TrainOptions(epochs=...))")
+    return TrainOptions(**changes)
