@@ -84,7 +84,8 @@ def test_dead_units_counted_exactly_on_a_constructed_network(generator, batch):
         model[0].weight[dead] = 0.0
         model[0].bias[dead] = -1.0  # pre-activation -1 for every sample
     report = probe(model, x, y)
-    assert report.layers[0].stats["dead"] == len(dead) / 8
+    assert [layer.name for layer in report.layers] == ["0", "1", "2"]
+    assert report.layers[1].stats["dead"] == len(dead) / 8
     # a unit alive for one sample only is not dead
     h = torch.zeros(5, 3)
     h[2, 1] = 0.5
@@ -146,8 +147,9 @@ def test_layers_of_builders_and_of_any_module():
     ]
     generic = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 2))
     layers = find_layers(generic)
-    assert [(layer.name, layer.kind) for layer in layers] == [("1", "tanh"), ("3", "relu"), ("4", "linear")]
-    assert layers[1].weights[0] is generic[2].weight
+    kinds = ["linear", "tanh", "linear", "relu", "linear"]
+    assert [(layer.name, layer.kind) for layer in layers] == [(str(i), k) for i, k in enumerate(kinds)]
+    assert layers[2].weights == (generic[2].weight,) and layers[1].weights == ()
 
     class Functional(nn.Module):
         def __init__(self):
@@ -157,7 +159,13 @@ def test_layers_of_builders_and_of_any_module():
         def forward(self, x):
             return self.b(F.relu(self.a(x)))
 
-    assert [layer.name for layer in find_layers(Functional())] == ["a", "b"]
+    assert [layer.name for layer in find_layers(Functional())] == ["a", "b"]  # without a pass
+    report = probe(Functional(), torch.randn(16, 4), torch.arange(16) % 2)  # traced: the relu too
+    assert [(layer.name, layer.kind) for layer in report.layers] == [
+        ("a", "linear"),
+        ("relu", "relu"),
+        ("b", "linear"),
+    ]
 
 
 def test_probe_measures_a_cnn_per_channel(batch):
@@ -241,8 +249,12 @@ def test_relu6_units_die_like_relu_units(generator, batch):
     h = np.clip(z, 0, 6)  # the reference ReLU6
     expected = (h == 0).all(axis=0).mean()
     assert expected == 0.75
-    assert [(layer.name, layer.kind) for layer in report.layers] == [("1", "relu"), ("2", "linear")]
-    assert report.layers[0].stats["dead"] == expected
+    assert [(layer.name, layer.kind) for layer in report.layers] == [
+        ("0", "linear"),
+        ("1", "relu"),
+        ("2", "linear"),
+    ]
+    assert report.layers[1].stats["dead"] == expected
     (verdict,) = [v for v in report.verdicts if v.name == "dead_units"]
     assert verdict.layers == ["1"] and verdict.evidence["dead"] == {"1": expected}
     alive, _ = clipped_net(nn.ReLU6(), generator, x, scale=64**-0.5)
@@ -263,13 +275,13 @@ def test_hard_bounded_units_saturate_like_smooth_ones(generator, batch, activati
     h = reference(z)
     expected = ((h < bounds[0] + 0.01) | (h > bounds[1] - 0.01)).mean()
     assert expected > 0.25
-    assert report.layers[0].kind == kind
-    assert report.layers[0].stats["saturated"] == pytest.approx(expected, abs=1e-3)
+    assert report.layers[1].kind == kind
+    assert report.layers[1].stats["saturated"] == pytest.approx(expected, abs=1e-3)
     (verdict,) = [v for v in report.verdicts if v.name == "saturation"]
     assert verdict.layers == ["1"] and verdict.evidence["saturated"]["1"] == pytest.approx(expected, abs=1e-3)
     calm, _ = clipped_net(activation, generator, x, scale=0.1 * 64**-0.5)
     control = probe(calm, x, y)
-    assert control.layers[0].stats["saturated"] < Thresholds().saturated
+    assert control.layers[1].stats["saturated"] < Thresholds().saturated
     assert "saturation" not in names(control)
 
 
@@ -281,7 +293,7 @@ def test_a_hardtanh_is_measured_by_its_bounds():
     }
     for activation, kind in kinds.items():
         model = nn.Sequential(nn.Linear(4, 5), activation, nn.Linear(5, 2))
-        assert [layer.kind for layer in find_layers(model)] == [kind, "linear"]
+        assert [layer.kind for layer in find_layers(model)] == ["linear", kind, "linear"]
     built = models.mlp(64, 10, depth=2, width=8, activation=nn.ReLU6(), init="he_normal")
     assert [layer.kind for layer in find_layers(built)] == ["relu", "relu", "linear"]
 
@@ -400,14 +412,16 @@ def test_probe_rejects_a_model_without_trainable_parameters(batch):
 
 
 class Spy(Callback):
-    """Placed after a Monitor: records at each step whether hooks are installed."""
+    """Placed after a Monitor: records at each step whether hooks are installed on the modules
+    and on the parameters (their gradients)."""
 
     def __init__(self, model, optimizer):
         self.model, self.optimizer, self.hooked = model, optimizer, []
 
     def on_step_begin(self, run):
         forward = any(m._forward_hooks for m in self.model.modules())
-        self.hooked.append((run.step, forward, bool(self.optimizer._optimizer_step_pre_hooks)))
+        grads = any(getattr(p, "_post_accumulate_grad_hooks", None) for p in self.model.parameters())
+        self.hooked.append((run.step, forward, grads))
 
 
 class Counting(TorchDispatchMode):
@@ -604,6 +618,8 @@ def test_monitor_diagnoses_a_global_gradient_norm_spike():
 
 LAYER_KEYS = {"name", "kind", *STATS}
 REPORT_KEYS = {
+    "unseen",
+    "gradients",
     "schema",
     "healthy",
     "verdicts",
@@ -624,6 +640,8 @@ MODEL_KEYS = {
     "dropout",
     "depth",
     "self_normalizing_problems",
+    "residual",
+    "post_ln",
 }
 
 
@@ -753,3 +771,22 @@ def test_diagnose_epochs_trains_with_every_train_key_and_a_schedule_spanning_tho
     assert seen["scheduler"].total_steps == 2 * -(-samples // 128)  # 1cycle over the 2 epochs trained
     assert any(isinstance(callback, EarlyStopping) for callback in seen["callbacks"])
     assert report.history is not None
+
+
+def test_the_layer_table_fits_the_terminal_with_whole_names_and_says_what_it_left_out():
+    import io
+
+    from rich.console import Console
+
+    report = run_scenario("relu-he-30").report
+    for width in (60, 80, 140):
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        console.print(report.layer_table(width))
+        text = console.file.getvalue()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+        assert "every 2nd layer of 31" in text and "hidden29" in text
+    narrow = report.layer_table(60)
+    wide = report.layer_table(140)
+    assert len(narrow.columns) < len(wide.columns) and "left out for width: " in narrow.caption
+    assert "dead" in [c.header for c in narrow.columns]  # the most telling columns stay
+    assert "saturated" not in [c.header for c in wide.columns]  # no value in a ReLU net: no column

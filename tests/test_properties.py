@@ -262,6 +262,7 @@ OUTPUT = {
     "dir": often(choose("out", "out/deeper", "a file", "out/../out2", "", "./out"), 3, True),
     "name": often(choose("", "run", "../x", "a/b", ".", "..", "/abs", "x\0y", " ", "-r"), 7, ["run"]),
     "progress": often(st.just(False), True, 1, "no"),
+    "tensorboard": often(st.just(False), True, 1, "yes"),
 }
 output = section(OUTPUT)
 

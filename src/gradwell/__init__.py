@@ -27,7 +27,7 @@ from gradwell.activations import (
 )
 from gradwell.clip import clip_by_global_norm_, clip_by_norm_, clip_by_value_
 from gradwell.data import Dataset, Split, load, split_by_classes, standardize
-from gradwell.diagnose import Monitor, Report, probe
+from gradwell.diagnose import Monitor, Report, probe, watch
 from gradwell.errors import CheckpointError, ConfigError, DataError, GradwellError, NonFiniteError
 from gradwell.fold import fold_batchnorm
 from gradwell.init import (
@@ -132,4 +132,5 @@ __all__ = [
     "transfer",
     "unfreeze",
     "variance_scaling_",
+    "watch",
 ]

@@ -285,6 +285,9 @@ class ActivationInfo:
         stackable: parameter-free and elementwise, so that K seeds can share one module applied
             to (K, B, F) inputs (gradwell.experiment.batched); a module that has parameters or
             buffers is refused there all the same.
+        functions: torch's functional forms of it (``torch.relu``, ``F.relu``, ``Tensor.relu``),
+            which the doctor measures where a model's ``forward`` calls them
+            (gradwell.diagnose.trace).
 
     >>> info = activation_info("selu")
     >>> info.init, info.display, info.stackable, info.fused(nn.SELU()) is not None
@@ -299,6 +302,7 @@ class ActivationInfo:
     display: str | None = None
     fused: Callable[[nn.Module], FusedKernel | None] | None = None
     stackable: bool = False
+    functions: tuple[Callable[..., Tensor], ...] = ()
 
 
 # He normal and LeCun normal as the chapter writes them for the non-saturating activations; Keras's
@@ -306,43 +310,53 @@ class ActivationInfo:
 BUILTIN: tuple[ActivationInfo, ...] = (
     ActivationInfo(
         "relu", (nn.ReLU,), "he_normal", ReLU, display="ReLU", stackable=True,
+        functions=(torch.relu, torch.relu_, F.relu, F.relu_, Tensor.relu, Tensor.relu_),
         fused=exactly(nn.ReLU, torch.relu_, lambda g, z, a: ops.threshold_backward(g, a, 0), False),
     ),
     # alpha 0.2: Xu et al. (2015) found a large leak better
     ActivationInfo(
         "leaky_relu", (nn.LeakyReLU,), "he_normal", LeakyReLU, display="leaky ReLU",
-        fused=leaky_relu_kernel, stackable=True,
+        fused=leaky_relu_kernel, stackable=True, functions=(F.leaky_relu, F.leaky_relu_),
     ),
     # random slopes (RReLU) and learned ones (PReLU): neither a fixed kernel nor shareable by seeds
     ActivationInfo("rrelu", (nn.RReLU,), "he_normal", RReLU, display="RReLU"),
     ActivationInfo("prelu", (nn.PReLU,), "he_normal", PReLU, display="PReLU"),
-    ActivationInfo("elu", (nn.ELU,), "he_normal", ELU, display="ELU", fused=elu_kernel, stackable=True),
+    ActivationInfo(
+        "elu", (nn.ELU,), "he_normal", ELU, display="ELU", fused=elu_kernel, stackable=True,
+        functions=(F.elu, F.elu_),
+    ),
     ActivationInfo(
         "selu", (nn.SELU,), "lecun_normal", SELU, display="SELU", stackable=True,
+        functions=(torch.selu, torch.selu_, F.selu),
         fused=exactly(nn.SELU, torch.selu_, lambda g, z, a: selu_backward(g, a), False),
     ),
     ActivationInfo(
         "gelu", (GELU, nn.GELU), "he_normal", GELU, display="GELU", fused=gelu_kernel, stackable=True,
+        functions=(F.gelu,),
         aliases={"gelu_tanh": lambda: GELU("tanh"), "gelu_sigmoid": lambda: GELU("sigmoid")},
     ),
     ActivationInfo(
         "swish", (Swish, nn.SiLU), "he_normal", Swish, aliases={"silu": Swish}, display="Swish",
-        fused=swish_kernel, stackable=True,
+        fused=swish_kernel, stackable=True, functions=(F.silu,),
     ),
     ActivationInfo(
-        "mish", (nn.Mish,), "he_normal", Mish, display="Mish", stackable=True,
+        "mish", (nn.Mish,), "he_normal", Mish, display="Mish", stackable=True, functions=(F.mish,),
         fused=exactly(nn.Mish, F.mish, lambda g, z, a: ops.mish_backward(g, z), True),
     ),
     ActivationInfo(
         "sigmoid", (nn.Sigmoid,), "glorot_uniform", Sigmoid, stackable=True,
+        functions=(torch.sigmoid, torch.sigmoid_, F.sigmoid, Tensor.sigmoid, Tensor.sigmoid_),
         fused=exactly(nn.Sigmoid, torch.sigmoid_, lambda g, z, a: ops.sigmoid_backward(g, a), False),
     ),
     ActivationInfo(
         "tanh", (nn.Tanh,), "glorot_uniform", Tanh, stackable=True,
+        functions=(torch.tanh, torch.tanh_, F.tanh, Tensor.tanh, Tensor.tanh_),
         fused=exactly(nn.Tanh, torch.tanh_, lambda g, z, a: ops.tanh_backward(g, a), False),
     ),
     # an output layer's normalization over a dimension: a name for the initialization table only
-    ActivationInfo("softmax", (nn.Softmax,), "glorot_uniform"),
+    ActivationInfo(
+        "softmax", (nn.Softmax,), "glorot_uniform", functions=(F.softmax, torch.softmax, Tensor.softmax),
+    ),
     # nn.Identity swallows any argument: wrapped so that options given to "linear" raise
     ActivationInfo(
         "linear", (nn.Identity,), "glorot_uniform", lambda: nn.Identity(),
@@ -350,7 +364,7 @@ BUILTIN: tuple[ActivationInfo, ...] = (
     ),
     # torch's, with no name or initialization row in gradwell: shareable by seeds all the same
     ActivationInfo("celu", (nn.CELU,), stackable=True),
-    ActivationInfo("softplus", (nn.Softplus,), stackable=True),
+    ActivationInfo("softplus", (nn.Softplus,), stackable=True, functions=(F.softplus,)),
 )  # fmt: skip
 
 # Derived from the records, kept current in place by register_activation (so that an import of
@@ -361,11 +375,12 @@ ALIASES: dict[str, str] = {}  # alias -> canonical name
 RECOMMENDED_INIT: dict[str, str] = {}  # canonical name -> initializer name (gradwell.init.RECOMMENDED)
 DISPLAY_NAMES: dict[str, str] = {}  # canonical name -> the doctor's name (gradwell.diagnose.rules)
 BY_MODULE: dict[type[nn.Module], ActivationInfo] = {}  # module class -> its record
+BY_FUNCTION: dict[Callable[..., Tensor], str] = {}  # torch function -> canonical name (the doctor's)
 
 
 def derive() -> None:
     """Rebuild every derived table from RECORDS, in place."""
-    for table in (ACTIVATIONS, ALIASES, RECOMMENDED_INIT, DISPLAY_NAMES, BY_MODULE):
+    for table in (ACTIVATIONS, ALIASES, RECOMMENDED_INIT, DISPLAY_NAMES, BY_MODULE, BY_FUNCTION):
         table.clear()
     for info in RECORDS.values():
         if info.factory is not None:
@@ -377,6 +392,7 @@ def derive() -> None:
         if info.display is not None:
             DISPLAY_NAMES[info.name] = info.display
         BY_MODULE.update(dict.fromkeys(info.modules, info))
+        BY_FUNCTION.update(dict.fromkeys(info.functions, info.name))
 
 
 def register_activation(info: ActivationInfo) -> ActivationInfo:

@@ -62,6 +62,7 @@ class OutputConfig:
     dir: str = "runs"
     name: str = ""  # the run folder's name; empty: a timestamp
     progress: bool = True
+    tensorboard: bool = False  # the doctor's per-layer curves and histograms, and the epoch metrics
 
     def __post_init__(self) -> None:
         for key in ("dir", "name"):

@@ -10,6 +10,8 @@ every process trains and process 0 writes. The run folder holds:
     model.safetensors    the final weights (gradwell.run_folder.load_run rebuilds the model)
     learning_curves.png  loss and accuracy per epoch
     result.json          test metrics, epochs, time and the stability doctor's verdicts
+    tensorboard/         with output.tensorboard: the doctor's per-layer curves and histograms
+                         of the sampled steps, and the epoch metrics (`tensorboard --logdir`)
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def train_in(prepared: Prepared, run_dir: Path, resume: bool) -> JobResult:
     if main:  # atomically: a kill while it is written must leave the old config, never an empty one
         checkpoint.remove_orphans(run_dir)
         checkpoint.write_atomically(run_dir / "config.toml", tomli_w.dumps(config.to_dict()).encode())
-    monitor = Monitor()
+    board = run_dir / "tensorboard" if config.output.tensorboard and main else None
+    monitor = Monitor(tensorboard=board)
     callbacks = [*([MetricsLogger(run_dir / "metrics.jsonl")] if main else []), monitor]
     started = time.perf_counter()
     try:

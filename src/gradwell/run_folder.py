@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import itertools
 import os
 import warnings
@@ -44,6 +45,8 @@ def check_output(config: Config) -> None:
         raise ConfigError(f"output.dir = {str(directory)!r}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"output.dir = {str(directory)!r}: no permission to write in {existing}")
+    if config.output.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError('output.tensorboard = true needs tensorboard: pip install "gradwell[tensorboard]"')
 
 
 def create_run_dir(config: Config) -> Path:

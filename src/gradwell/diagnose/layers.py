@@ -1,15 +1,20 @@
 """Which parts of a model the doctor measures, and what the model is made of.
 
 A *layer* here is the place where a signal is measured in the forward pass and where its
-gradient is caught in the backward pass: one activation output, with the Linear or Conv weights
-that feed it. For gradwell's builders these are the hidden blocks (``models.hidden_blocks``),
-measured at their ``activation`` child's output, then the ``output`` layer's logits. Any other
-``nn.Module`` is walked in registration order (the run order of a Sequential): each activation
-module closes a layer holding the weights seen since the previous one, and weights left after
-the last activation form a final "linear" layer measured at the last weight module's output. A
-model without activation modules (activations called as functions in ``forward``) is measured at
-each Linear or Conv output. A module called several times in one pass is measured at its first
-call.
+gradient is caught in the backward pass. For gradwell's builders these are the hidden blocks
+(``models.hidden_blocks``), measured at their ``activation`` child's output with the Linear or
+Conv weights that feed it, then the ``output`` layer's logits.
+
+Any other ``nn.Module`` is measured everywhere its forward pass does something the doctor knows
+(gradwell.diagnose.record traces it, in the order the pass runs): the output of every activation
+module, every Linear ("linear"), convolution ("conv"), embedding, LayerNorm or RMSNorm
+("layernorm"), GroupNorm, BatchNorm and attention module (nn.MultiheadAttention, or any module
+with parameters whose class name ends in "Attention"), and also the activations a ``forward``
+calls as functions (``torch.relu``, ``F.gelu``, ``x.sigmoid()``, softmax: each activation's record
+lists its functional forms) and its residual additions (``x + f(x)`` of two tensors of one
+shape), named after the module whose ``forward`` called them ("block1.relu", "block1.add#2").
+Without a pass (``find_layers``) only the modules are listed, in registration order. Weights
+belong to the layer of the module that holds them; activations and additions hold none.
 
 torch's hard (piecewise linear) units are measured as the smooth unit with the same bounds, so
 that the statistics that matter for them apply: Hardsigmoid and Hardtanh(0, 1) as sigmoid
@@ -35,21 +40,37 @@ from gradwell.norm import BatchNorm
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 NORMS = (BatchNorm, nn.modules.batchnorm._BatchNorm)
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+# the kinds of the modules that are not activations, by class (the first match wins)
+STRUCTURE: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
+    ((nn.Linear,), "linear"),
+    ((nn.modules.conv._ConvNd,), "conv"),
+    ((nn.Embedding, nn.EmbeddingBag), "embedding"),
+    ((nn.LayerNorm, nn.RMSNorm), "layernorm"),
+    ((nn.GroupNorm,), "groupnorm"),
+    ((*NORMS, nn.modules.instancenorm._InstanceNorm), "batchnorm"),
+    ((nn.MultiheadAttention,), "attention"),
+)
+STRUCTURAL_KINDS = frozenset({kind for _, kind in STRUCTURE} | {"residual"})
+# kinds whose units lie along axis 1 of the output (channels); the others' along the last axis
+CHANNELS_FIRST = frozenset({"conv", "batchnorm", "groupnorm"})
+# kinds whose weights say how the model was initialized (gradwell.init's fans apply to them)
+INITIALIZED = frozenset({"linear", "conv"})
 
 
 @dataclass(frozen=True)
 class Layer:
     """One measured place: `module`'s output, of activation `kind`, fed by `weights`.
 
-    >>> layer = find_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))[0]
-    >>> layer.name, layer.kind, type(layer.module).__name__, layer.weights[0].shape
-    ('1', 'relu', 'ReLU', torch.Size([8, 4]))
+    >>> first, relu, _ = find_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    >>> first.name, first.kind, type(first.module).__name__, first.weights[0].shape, relu.weights
+    ('0', 'linear', 'Linear', torch.Size([8, 4]), ())
     """
 
     name: str
-    kind: str  # a canonical activation name (gradwell.activations), "linear" for logits, "other"
-    module: nn.Module
+    kind: str  # an activation's canonical name (gradwell.activations), a STRUCTURE kind, "other"
+    module: nn.Module | None  # None for an activation called as a function, or an addition
     weights: tuple[nn.Parameter, ...]
+    axis: int = 1  # where its output's units lie: features or channels (1), a sequence's (-1)
 
 
 # (min_val, max_val) of a Hardtanh to the smooth unit with the same bounds (stats.SATURATION)
@@ -76,6 +97,46 @@ def kind_of(module: nn.Module) -> str | None:
         return None
 
 
+def module_kind(module: nn.Module) -> str | None:
+    """What the doctor measures a module as: its activation name or STRUCTURE kind; None if it
+    measures it not at all (containers, dropout, a module it does not know).
+
+    >>> module_kind(nn.Conv2d(3, 8, 3)), module_kind(nn.GELU()), module_kind(nn.Sequential())
+    ('conv', 'gelu', None)
+    """
+    kind = kind_of(module)
+    if kind is not None:
+        return kind
+    found = next((kind for classes, kind in STRUCTURE if isinstance(module, classes)), None)
+    if found is None and named_attention(module):
+        inner = any(
+            named_attention(m) or isinstance(m, nn.MultiheadAttention)
+            for m in module.modules()
+            if m is not module
+        )
+        found = None if inner else "attention"  # a wrapper of the attention (BERT's) is not another
+    return found
+
+
+def named_attention(module: nn.Module) -> bool:
+    """A module with parameters whose class name ends in "Attention" (Hugging Face's, timm's)."""
+    return type(module).__name__.endswith("Attention") and any(True for _ in module.parameters())
+
+
+def module_weights(module: nn.Module, kind: str) -> tuple[nn.Parameter, ...]:
+    """The weights (not biases) a measured module's layer holds: none for an activation."""
+    if kind not in STRUCTURAL_KINDS:
+        return ()
+    if isinstance(module, nn.MultiheadAttention):
+        names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+        found = [getattr(module, name) for name in names]
+        return (*(w for w in found if w is not None), module.out_proj.weight)
+    if kind == "attention":  # its own matrices; those of its Linear children are theirs
+        return tuple(p for p in module.parameters(recurse=False) if p.dim() >= 2)
+    weight = getattr(module, "weight", None)
+    return (weight,) if isinstance(weight, nn.Parameter) else ()
+
+
 def block_kind(activation: nn.Module) -> str:
     """A builder block's activation name: "linear" for its nn.Identity, "other" if unknown."""
     if isinstance(activation, nn.Identity):
@@ -84,11 +145,13 @@ def block_kind(activation: nn.Module) -> str:
 
 
 def find_layers(model: nn.Module) -> list[Layer]:
-    """The layers of `model` in forward order (see the module docstring for the rule).
+    """The layers of `model` in forward order (see the module docstring for the rule), without
+    running it: for a model other than gradwell's builders, its measured modules in registration
+    order (a traced pass adds the functional activations and additions, in the pass's order).
 
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-    >>> [(layer.name, layer.kind) for layer in find_layers(model)]  # measured at Tanh, then the logits
-    [('1', 'tanh'), ('2', 'linear')]
+    >>> [(layer.name, layer.kind) for layer in find_layers(model)]
+    [('0', 'linear'), ('1', 'tanh'), ('2', 'linear')]
     """
     blocks = hidden_blocks(model)
     output = getattr(model, "output", None)
@@ -98,31 +161,36 @@ def find_layers(model: nn.Module) -> list[Layer]:
             for name, block in blocks
         ]
         return [*layers, Layer("output", "linear", output, (output.weight,))]
-    return generic_layers(model)
+    return module_layers(model)
+
+
+def is_built(model: nn.Module) -> bool:
+    """A model of gradwell's builders, whose layers are its blocks (no trace needed)."""
+    return bool(hidden_blocks(model)) and isinstance(getattr(model, "output", None), WEIGHT_LAYERS)
 
 
 def weights_in(module: nn.Module) -> tuple[nn.Parameter, ...]:
     return tuple(m.weight for m in module.modules() if isinstance(m, WEIGHT_LAYERS))
 
 
-def generic_layers(model: nn.Module) -> list[Layer]:
+def module_layers(model: nn.Module) -> list[Layer]:
+    """A layer for every module the doctor measures, in registration order; what lies inside an
+    activation module or an nn.MultiheadAttention is theirs (its out_proj is never called)."""
     layers: list[Layer] = []
-    pending: list[tuple[str, nn.Module]] = []
+    inside: tuple[str, ...] = ()
     for name, module in model.named_modules():
-        kind = kind_of(module)
-        if isinstance(module, WEIGHT_LAYERS):
-            pending.append((name, module))
-        elif kind is not None:
-            layers.append(Layer(name, kind, module, tuple(m.weight for _, m in pending)))
-            pending = []
-    if not layers:
-        layers = [Layer(name, "linear", module, (module.weight,)) for name, module in pending]
-    elif pending:
-        name, last = pending[-1]
-        layers.append(Layer(name, "linear", last, tuple(m.weight for _, m in pending)))
+        if any(name.startswith(f"{outer}.") for outer in inside):
+            continue
+        kind = module_kind(module)
+        if kind is not None:
+            axis = 1 if kind in CHANNELS_FIRST else -1
+            layers.append(Layer(name, kind, module, module_weights(module, kind), axis))
+            if kind not in STRUCTURAL_KINDS or isinstance(module, nn.MultiheadAttention):
+                inside = (*inside, name)
     if not layers:
         raise GradwellError(
-            f"{type(model).__name__} has no Linear, Conv or activation module for the doctor to measure"
+            f"{type(model).__name__} has no Linear, Conv, normalization, attention or activation module "
+            "for the doctor to measure"
         )
     return layers
 
@@ -140,6 +208,8 @@ def weight_scale(layers: list[Layer]) -> WeightScale | None:
     """The variance of the hidden layers' weights, scaled by their fans; None without any."""
     found = []
     for layer in layers[:-1] or layers:
+        if layer.kind in STRUCTURAL_KINDS and layer.kind not in INITIALIZED:
+            continue
         for w in layer.weights:
             if w.dim() >= 2 and w.numel() > 1:
                 var = float(w.detach().float().var())
@@ -192,6 +262,8 @@ class ModelFacts:
     dropout: bool  # regular (not alpha) dropout with a positive rate
     depth: int  # hidden layers measured
     self_normalizing_problems: tuple[str, ...]
+    residual: bool = False  # residual additions seen (a traced pass)
+    post_ln: bool = False  # Transformer layers normalizing after the residual addition (norm_first=False)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -202,20 +274,34 @@ class ModelFacts:
             "dropout": self.dropout,
             "depth": self.depth,
             "self_normalizing_problems": list(self.self_normalizing_problems),
+            "residual": self.residual,
+            "post_ln": self.post_ln,
         }
 
 
-def model_facts(model: nn.Module, layers: list[Layer]) -> ModelFacts:
+TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def model_facts(model: nn.Module, layers: list[Layer], skips_normalized: bool = False) -> ModelFacts:
+    """The facts of `model` measured at `layers`. `skips_normalized`: a traced pass saw a residual
+    addition whose skip input was a LayerNorm's output, LayerNorm(x + f(x)) feeding the next
+    block: post-LN (BERT's, the original Transformer's; pre-LN adds to the previous sum). torch's
+    Transformer layers say it themselves (norm_first)."""
     hidden = layers[:-1] or layers
-    kinds = [layer.kind for layer in hidden]
+    # softmax normalizes attention or the output: not the hidden activation the fixes speak of
+    activations = [layer.kind for layer in hidden if layer.kind not in STRUCTURAL_KINDS | {"softmax"}]
+    kinds = activations or ["linear"]
     activation = max(dict.fromkeys(kinds), key=kinds.count)
     scale = weight_scale(layers)
+    transformer = [m for m in model.modules() if isinstance(m, TRANSFORMER_LAYERS)]
     return ModelFacts(
         activation=activation,
         init=init_name(scale, activation),
         fan_in_scale=scale.fan_in if scale is not None and math.isfinite(scale.fan_in) else None,
         batchnorm=any(isinstance(m, NORMS) for m in model.modules()),
         dropout=any(isinstance(m, DROPOUTS) and m.p > 0 for m in model.modules()),
-        depth=len(layers) - 1,
+        depth=len(layers) - 1 if is_built(model) else len(activations),
         self_normalizing_problems=tuple(check_self_normalizing(model)),
+        residual=any(layer.kind == "residual" for layer in layers),
+        post_ln=any(not m.norm_first for m in transformer) if transformer else skips_normalized,
     )

@@ -17,10 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from gradwell.clip import global_norm
-from gradwell.diagnose.layers import Layer, ModelFacts, find_layers, model_facts
+from gradwell.diagnose.layers import Layer, ModelFacts, find_layers, is_built, model_facts
+from gradwell.diagnose.record import Recorder
 from gradwell.diagnose.report import LayerReport, Report
 from gradwell.diagnose.rules import Thresholds, diagnose
-from gradwell.diagnose.stats import STATS, Recorder, finite_or_none, weight_stats
+from gradwell.diagnose.stats import STATS, finite_or_none
 from gradwell.errors import GradwellError
 from gradwell.train.losses import resolve_loss
 from gradwell.train.nonfinite import NonFinite, describe, untouched
@@ -59,47 +60,67 @@ def probe(
     >>> report.healthy, "saturation" in [verdict.name for verdict in report.verdicts]
     (False, True)
     """
-    layers = find_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise GradwellError("the model has no trainable parameters: there are no gradients to probe")
     loss_fn = resolve_loss(loss_fn)
-    with untouched(model), Recorder(layers, keep_samples=SAMPLES) as recorder, NonFinite(model) as nonfinite:
+    static = find_layers(model) if is_built(model) else None
+    with (
+        untouched(model),
+        Recorder(model, static, keep_samples=SAMPLES) as recorder,
+        NonFinite(model) as nonfinite,
+    ):
         torch.manual_seed(seed)
         loss = loss_fn(model(inputs), targets)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-    by_param = {id(p): g for p, g in zip(params, grads, strict=True)}
-    rows = [weight_stats(layer.weights, [by_param.get(id(w)) for w in layer.weights]) for layer in layers]
-    table = recorder.table(rows, loss.device).cpu()
+    layers = measured(model, recorder)
+    by_param = {id(p): g for p, g in zip(params, grads, strict=True) if g is not None}
+    table = recorder.table(layers, loss.device, grads=by_param).cpu()
     report = Report(
         layers=layer_reports(layers, table),
         loss=float(loss.detach()),
         grad_norm=float(global_norm([g for g in grads if g is not None])),
         nonfinite_forward=nonfinite.first(inputs),
         nonfinite_backward=first_nonfinite_gradient(layers, table),
-        model=facts(model, layers, monitor),
+        model=facts(model, layers, monitor, recorder.skips_normalized),
         history=monitor.history() if monitor is not None else None,
         samples={
             "activations": host_samples(layers, recorder.act_samples),
             "gradients": host_samples(layers, recorder.grad_samples),
         },
+        unseen=recorder.unseen(),
+        gradients="of the probed batch's loss, by autograd: no clipping, no loss scaling",
     )
     report.verdicts = diagnose(report, thresholds or Thresholds())
     return report
 
 
-def facts(model: nn.Module, layers: list[Layer], monitor: Monitor | None) -> ModelFacts:
+def facts(
+    model: nn.Module, layers: list[Layer], monitor: Monitor | None, skips_normalized: bool = False
+) -> ModelFacts:
     """The model's facts; the initialization is named from the weights the Monitor saw when
     training began, since trained weights have drifted from it."""
-    now = model_facts(model, layers)
+    now = model_facts(model, layers, skips_normalized)
     if monitor is None or monitor.facts is None:
         return now
     return dataclasses.replace(now, init=monitor.facts.init, fan_in_scale=monitor.facts.fan_in_scale)
 
 
-def host_samples(layers: list[Layer], samples: dict[int, Tensor]) -> dict[str, np.ndarray]:
+def measured(model: nn.Module, recorder: Recorder) -> list[Layer]:
+    """The layers the pass measured; an error if it found none (nothing the doctor knows)."""
+    if not recorder.layers:
+        raise GradwellError(
+            f"{type(model).__name__} has no Linear, Conv, normalization, attention or activation "
+            "(module or function) for the doctor to measure"
+        )
+    return recorder.layers
+
+
+def host_samples(layers: list[Layer], samples: dict[str, Tensor]) -> dict[str, np.ndarray]:
     """Sampled values per layer name, in forward order, as float numpy arrays."""
-    return {layers[i].name: samples[i].float().cpu().numpy() for i in sorted(samples)}
+    return {
+        layer.name: samples[layer.name].float().cpu().numpy() for layer in layers if layer.name in samples
+    }
 
 
 def layer_reports(layers: list[Layer], table: Tensor) -> list[LayerReport]:

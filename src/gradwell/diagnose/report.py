@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -28,8 +28,8 @@ from gradwell.diagnose.stats import STATS, finite_or_none
 from gradwell.errors import GradwellError
 
 if TYPE_CHECKING:
+    from gradwell.diagnose.history import History
     from gradwell.diagnose.layers import ModelFacts
-    from gradwell.diagnose.monitor import History
 
 SCHEMA = "gradwell.diagnose/1"
 MAX_ROWS = 24  # a deeper model's table shows evenly spaced layers (the JSON has all)
@@ -66,7 +66,7 @@ class Report:
     """
 
     layers: list[LayerReport]
-    loss: float
+    loss: float | None  # None: not known (a watched loop that never handed it over)
     grad_norm: float
     nonfinite_forward: str | None  # the first module to output non-finite values ("inputs": the batch)
     nonfinite_backward: str | None  # the layer nearest the output with a non-finite gradient
@@ -74,6 +74,8 @@ class Report:
     history: History | None = None
     verdicts: list[Verdict] = field(default_factory=list)
     samples: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)  # for the plots
+    unseen: list[str] = field(default_factory=list)  # what the doctor could not measure, and why
+    gradients: str = ""  # which gradients the statistics show (before clipping? unscaled?)
 
     @property
     def gradient_ratio(self) -> float | None:
@@ -94,12 +96,14 @@ class Report:
             "healthy": self.healthy,
             "verdicts": [v.to_dict() for v in self.verdicts],
             "model": self.model.to_dict(),
-            "loss": self.loss if math.isfinite(self.loss) else str(self.loss),
+            "loss": None if self.loss is None else self.loss if math.isfinite(self.loss) else str(self.loss),
             "grad_norm": self.grad_norm if math.isfinite(self.grad_norm) else str(self.grad_norm),
             "gradient_ratio": self.gradient_ratio,
             "nonfinite": {"forward": self.nonfinite_forward, "backward": self.nonfinite_backward},
             "layers": [layer.to_dict() for layer in self.layers],
             "history": self.history.to_dict() if self.history is not None else None,
+            "unseen": self.unseen,
+            "gradients": self.gradients,
         }
 
     def summary(self) -> Table:
@@ -111,30 +115,40 @@ class Report:
             table.add_row(Text(verdict.name.replace("_", " "), style=style), "\n".join(lines))
         return table
 
-    def layer_table(self) -> Table:
+    def layer_table(self, width: int = 140) -> Table:
+        """The per-layer numbers in `width` columns: layer names whole, and as many of COLUMNS as
+        fit, in their order (a column without any value goes first); the caption says what is
+        left out."""
         stride = max(1, math.ceil(len(self.layers) / MAX_ROWS))
         shown = sorted({*range(0, len(self.layers), stride), len(self.layers) - 1})
-        caption = f"every {stride}th layer of {len(self.layers)}; --json has all" if stride > 1 else None
-        columns = [
-            ("act mean", "act_mean"),
-            ("act std", "act_std"),
-            ("p1", "act_p1"),
-            ("p50", "act_p50"),
-            ("p99", "act_p99"),
-            ("saturated", "saturated"),
-            ("dead", "dead"),
-            ("grad out scale", "out_grad_scale"),
-            ("grad W norm", "weight_grad_norm"),
-        ]
         updates = self.median_update_ratios()
-        titles = [title for title, _ in columns] + (["update ratio (median)"] if updates else [])
-        table = Table("layer", "kind", *titles, caption=caption)
-        for i in shown:
-            layer = self.layers[i]
-            cells = [number(layer.stats[key], key) for _, key in columns]
-            cells += [number(updates.get(layer.name), "update_ratio")] if updates else []
-            table.add_row(layer.name, layer.kind, *cells)
+        cells = {title: [number(self.value(i, key, updates), key) for i in shown] for title, key in COLUMNS}
+        cells = {title: column for title, column in cells.items() if any(c != "-" for c in column)}
+        rows = [[self.layers[i].name, self.layers[i].kind] for i in shown]
+        notes = [f"every {ordinal(stride)} layer of {len(self.layers)}; --json has all"] if stride > 1 else []
+        fixed = [
+            max(len(c) for c in [title, *(row[k] for row in rows)])
+            for k, title in enumerate(("layer", "kind"))
+        ]
+        least = {t: max(len(c) for c in [*cells[t], *t.split()]) for t in cells}  # headers wrap at spaces
+        titles = list(cells)
+        while titles and sum(w + 3 for w in [*fixed, *(least[t] for t in titles)]) + 1 > width:
+            titles.pop()  # 3: a column's padding and border; 1: the table's last border
+        left_out = [title for title in cells if title not in titles]
+        notes += [f"left out for width: {', '.join(left_out)}"] if left_out else []
+        table = Table("layer", "kind", *titles, caption="\n".join(notes) or None)
+        for column in table.columns[:2]:  # names whole: the numbers give way instead
+            column.no_wrap = True
+        for column, title in zip(table.columns[2:], titles, strict=True):
+            column.min_width = least[title]
+        for row, names in enumerate(rows):
+            table.add_row(*names, *(cells[title][row] for title in titles))
         return table
+
+    def value(self, i: int, key: str, updates: dict[str, float]) -> float | None:
+        if key == "update_ratio":
+            return updates.get(self.layers[i].name)
+        return self.layers[i].stats[key]
 
     def median_update_ratios(self) -> dict[str, float]:
         """Per layer, the median update-to-weight ratio over a Monitor's sampled steps ({} without)."""
@@ -148,8 +162,13 @@ class Report:
             if np.isfinite(ratios[:, i]).any()
         }
 
-    def __rich__(self) -> Group:
-        return Group(self.layer_table(), self.summary())
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        parts: list[Any] = [self.layer_table(options.max_width), self.summary()]
+        if self.gradients:
+            parts.append(Text(f"gradients shown: {self.gradients}", style="dim"))
+        if self.unseen:
+            parts.append(Text("not measured: " + "; ".join(self.unseen), style="yellow"))
+        yield Group(*parts)
 
     def __str__(self) -> str:
         console = Console(file=io.StringIO(), width=140, color_system=None)
@@ -162,6 +181,31 @@ class Report:
         return plot_report(self, path, title)
 
 
+# (title, statistic) of the layer table, most telling first: a narrow terminal keeps the first
+COLUMNS = (
+    ("dead", "dead"),
+    ("saturated", "saturated"),
+    ("act std", "act_std"),
+    ("grad out scale", "out_grad_scale"),
+    ("update ratio (median)", "update_ratio"),
+    ("grad W norm", "weight_grad_norm"),
+    ("act mean", "act_mean"),
+    ("p50", "act_p50"),
+    ("p1", "act_p1"),
+    ("p99", "act_p99"),
+)
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st.
+
+    >>> [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 22, 101)]
+    ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '22nd', '101st']
+    """
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def number(value: float | None, key: str) -> str:
     if value is None:
         return "-"
@@ -171,9 +215,10 @@ def number(value: float | None, key: str) -> str:
 
 
 def report_from_history(
-    history: History, facts: ModelFacts | None, thresholds: Thresholds | None = None
+    history: History, facts: ModelFacts | None, thresholds: Thresholds | None = None, **extra: Any
 ) -> Report:
-    """A Report of a Monitor's last sampled step, with its whole history and the verdicts."""
+    """A Report of a Monitor's last sampled step, with its whole history and the verdicts;
+    `extra` are more of Report's fields (samples, unseen, gradients)."""
     if facts is None or not history.steps:
         raise GradwellError("the Monitor has not sampled any step yet: train with it first")
     last = history.stats[-1]
@@ -194,6 +239,7 @@ def report_from_history(
         nonfinite_backward=backward[-1] if backward else None,
         model=facts,
         history=history,
+        **extra,
     )
     report.verdicts = diagnose(report, thresholds)
     return report

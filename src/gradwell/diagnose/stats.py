@@ -24,8 +24,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradwell.diagnose.layers import Layer
-
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 # percentiles sort their input: a strided subsample of at most this many values keeps that cheap.
 # A probe sorts up to 65536 values per layer; the Monitor, on the clock, 1024 (the 1st and 99th
@@ -46,8 +44,10 @@ WEIGHT_STATS = ("weight_grad_norm", "weight_grad_std", "weight_norm", "update_ra
 STATS = (*ACTIVATION_STATS, *OUTPUT_GRAD_STATS, *WEIGHT_STATS)
 
 
-def finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float | None) -> float | None:
     """A statistic for JSON, which has no NaN or infinity: a non-finite value becomes None."""
+    if value is None:
+        return None
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -93,51 +93,76 @@ def saturated_fraction(y: Tensor, kind: str) -> Tensor:
     return torch.full((), math.nan, device=y.device)
 
 
-def dead_fraction(y: Tensor, kind: str) -> Tensor:
-    """The fraction of ReLU units (axis 1) that are 0 for every sample and position; NaN otherwise."""
+def dead_fraction(y: Tensor, kind: str, axis: int = 1) -> Tensor:
+    """The fraction of ReLU units that are 0 for every sample and position; NaN otherwise.
+
+    Units lie along `axis`: 1 for features and for a convolution's channels, -1 for the features
+    of a sequence (batch, positions, features)."""
     if kind != "relu":
         return torch.full((), math.nan, device=y.device)
     if y.dim() < 2:
         return (y == 0).all().float()
-    alive = y.ne(0).transpose(0, 1).reshape(y.shape[1], -1).any(dim=1)  # (units,)
+    units = y.shape[axis]
+    alive = y.ne(0).movedim(axis, 0).reshape(units, -1).any(dim=1)  # (units,)
     return 1.0 - alive.float().mean()
 
 
-def activation_stats(y: Tensor, kind: str, sample: int = QUANTILE_SAMPLE) -> Tensor:
+def activation_stats(y: Tensor, kind: str, sample: int = QUANTILE_SAMPLE, axis: int = 1) -> Tensor:
     """[mean, std, percentiles..., saturated, dead, non-finite count] of a layer's outputs; the
-    percentiles from a strided subsample of at most `sample` values."""
+    percentiles from a strided subsample of at most `sample` values, units along `axis`."""
     y = y.detach().float()
     flat = y.reshape(-1)
     std, mean = torch.std_mean(flat, correction=0)
-    tail = [saturated_fraction(y, kind), dead_fraction(y, kind), (~torch.isfinite(flat)).sum().float()]
+    dead = dead_fraction(y, kind, axis)
+    tail = [saturated_fraction(y, kind), dead, (~torch.isfinite(flat)).sum().float()]
     return torch.cat([torch.stack([mean, std]), percentiles(subsample(flat, sample)), torch.stack(tail)])
 
 
-def gradient_stats(grad: Tensor) -> Tensor:
+def gradient_stats(grad: Tensor, axis: int = 1) -> Tensor:
     """[L2 norm, std, scale, non-finite count] of the gradient with respect to a layer's output.
 
-    scale = ||g|| / sqrt(batch x units) (units: axis 1, features or channels) is the root mean
-    square of a dense layer's gradient, and for a convolution the RMS per channel summed over
-    positions, which a pooling (routing or averaging the gradient over fewer positions) keeps, so
-    that layers of different sizes compare: the doctor's first/last gradient ratio uses it.
+    scale = ||g|| / sqrt(batch x units) (units along `axis`: features or channels) is the root
+    mean square of a dense layer's gradient, and for a convolution or a sequence the RMS per unit
+    summed over positions, which a pooling (routing or averaging the gradient over fewer positions)
+    keeps, so that layers of different sizes compare: the doctor's first/last gradient ratio uses it.
     """
     flat = grad.detach().float().reshape(-1)
     norm = torch.linalg.vector_norm(flat)
-    units = grad.shape[0] * grad.shape[1] if grad.dim() >= 2 else grad.numel()
+    units = grad.shape[0] * grad.shape[axis] if grad.dim() >= 2 else grad.numel()
     return torch.stack(
         [norm, flat.std(correction=0), norm / math.sqrt(max(units, 1)), (~torch.isfinite(flat)).sum().float()]
     )
 
 
-def weight_stats(weights: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Tensor:
-    """[gradient norm, gradient std, weight norm, NaN (update ratio)] over a layer's weights."""
-    present = [g.detach().float().reshape(-1) for g in grads if g is not None]
+def grad_moments(grad: Tensor) -> Tensor:
+    """[sum of squares, sum, count] of one parameter's gradient, on its device: a layer's weight
+    statistics are made from these, one parameter at a time, since each parameter's gradient is
+    final at its own moment of the backward pass (and a loop may clip it in place afterwards)."""
+    flat = grad.detach().float().reshape(-1)
+    return torch.stack([flat.square().sum(), flat.sum(), torch.full_like(flat[0], flat.numel())])
+
+
+def weight_stats(
+    weights: Sequence[Tensor], moments: Sequence[Tensor | None], before: Sequence[Tensor] | None = None
+) -> Tensor:
+    """[gradient norm, gradient std, weight norm, update ratio] over a layer's weights.
+
+    `moments` are grad_moments of each weight's gradient (None: it had none). The weight norm is of
+    `before` (the weights before the update) when given, and the update ratio
+    ||W_after - W_before|| / ||W_before|| (Karpathy's ~1e-3 heuristic) compares `weights` with
+    them; NaN without `before`.
+    """
+    present = [m for m in moments if m is not None]
     nan = torch.full((), math.nan)
     if not present:
         return nan.repeat(len(WEIGHT_STATS))
-    flat = torch.cat(present)
-    norm = torch.linalg.vector_norm(torch.cat([w.detach().float().reshape(-1) for w in weights]))
-    return torch.stack([torch.linalg.vector_norm(flat), flat.std(correction=0), norm, nan.to(flat.device)])
+    squares, total, count = torch.stack(present).sum(dim=0)
+    mean = total / count
+    std = (squares / count - mean * mean).clamp(min=0).sqrt()
+    reference = before if before is not None else weights
+    norm = torch.linalg.vector_norm(torch.cat([w.detach().float().reshape(-1) for w in reference]))
+    ratio = update_ratio(before, weights).to(norm.device) if before is not None else nan.to(norm.device)
+    return torch.stack([squares.sqrt(), std, norm, ratio])
 
 
 def update_ratio(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
@@ -149,66 +174,19 @@ def update_ratio(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(new - old) / torch.linalg.vector_norm(old)
 
 
-class Recorder:
-    """Hooks that record each layer's activation and output-gradient statistics for one pass.
-
-    A forward hook on each layer's module computes the activation statistics and hangs a tensor
-    hook on the output, which records the gradient statistics when the backward pass reaches it.
-    Everything stays on the device. Use as a context manager: the hooks exist only inside it.
-    """
-
-    def __init__(
-        self, layers: Sequence[Layer], keep_samples: int = 0, quantile_sample: int = QUANTILE_SAMPLE
-    ) -> None:
-        self.layers = list(layers)
-        self.keep_samples = keep_samples  # values per layer kept for histograms (0: none)
-        self.quantile_sample = quantile_sample
-        self.activations: dict[int, Tensor] = {}
-        self.out_grads: dict[int, Tensor] = {}
-        self.act_samples: dict[int, Tensor] = {}
-        self.grad_samples: dict[int, Tensor] = {}
-        self.handles: list = []
-
-    def __enter__(self) -> Recorder:
-        self.handles = [
-            layer.module.register_forward_hook(self.forward_hook(i)) for i, layer in enumerate(self.layers)
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-    def forward_hook(self, i: int):
-        kind = self.layers[i].kind
-
-        def hook(module: object, inputs: object, output: object) -> None:
-            if not isinstance(output, Tensor) or i in self.activations:
-                return
-            self.activations[i] = activation_stats(output, kind, self.quantile_sample)
-            if self.keep_samples:
-                self.act_samples[i] = subsample(output.detach().reshape(-1), self.keep_samples)
-            if output.requires_grad:
-                output.register_hook(self.gradient_hook(i))
-
-        return hook
-
-    def gradient_hook(self, i: int):
-        def hook(grad: Tensor) -> None:
-            self.out_grads[i] = gradient_stats(grad)
-            if self.keep_samples:
-                self.grad_samples[i] = subsample(grad.detach().reshape(-1), self.keep_samples)
-
-        return hook
-
-    def table(self, weights: Sequence[Tensor], device: torch.device) -> Tensor:
-        """(layers, STATS) on `device`: recorded slots filled, missing ones NaN; `weights` are the
-        per-layer weight statistic vectors."""
-        nan = torch.full((len(STATS),), math.nan, device=device)
-        rows = []
-        for i in range(len(self.layers)):
-            activation = self.activations.get(i, nan[: len(ACTIVATION_STATS)])
-            grad = self.out_grads.get(i, nan[: len(OUTPUT_GRAD_STATS)])
-            rows.append(torch.cat([activation.to(device), grad.to(device), weights[i].to(device)]))
-        return torch.stack(rows)
+def table(
+    names: Sequence[str],
+    activations: dict[str, Tensor],
+    out_grads: dict[str, Tensor],
+    weights: Sequence[Tensor],
+    device: torch.device,
+) -> Tensor:
+    """(layers, STATS) on `device`: the recorded slots of each named layer, missing ones NaN;
+    `weights` are the per-layer weight statistic vectors, in the order of `names`."""
+    nan = torch.full((len(STATS),), math.nan, device=device)
+    rows = []
+    for name, weight_row in zip(names, weights, strict=True):
+        activation = activations.get(name, nan[: len(ACTIVATION_STATS)])
+        grad = out_grads.get(name, nan[: len(OUTPUT_GRAD_STATS)])
+        rows.append(torch.cat([activation.to(device), grad.to(device), weight_row.to(device)]))
+    return torch.stack(rows) if rows else torch.zeros((0, len(STATS)), device=device)
