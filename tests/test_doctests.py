@@ -20,7 +20,8 @@ import gradwell
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # optional extras (pyproject.toml): a module that cannot be imported without one is skipped
-EXTRAS = {"ray": "ray"}
+# (keyed by the missing package: gradwell.integrations.lightning needs lightning, .hf transformers)
+EXTRAS = {"ray": "ray", "lightning": "lightning", "transformers": "hf"}
 # modules whose import does something: `python -m gradwell` runs the command line
 NOT_IMPORTED = {"gradwell.__main__"}
 MODULES = sorted(

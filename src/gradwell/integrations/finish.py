@@ -1,0 +1,54 @@
+"""What the trainer callbacks share: their arguments checked early, and the end of training,
+where the doctor is closed and its verdicts go to the log (library code prints nothing)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+from rich.console import Console
+
+from gradwell.diagnose.report import Report
+from gradwell.diagnose.watch import Doctor
+from gradwell.errors import ConfigError, GradwellError
+
+# which gradients the report shows: the adapters pass the trainer's GradScaler themselves, so the
+# doctor's own hint (pass scaler=) would send the reader looking for an argument they do not have
+GRADIENTS = "as the backward pass left them, summed over the step's micro-batches, before any clipping"
+
+
+def check_every(every: object) -> int:
+    """`every` as the doctor takes it, checked when the callback is made rather than when a
+    trainer first calls it, minutes later."""
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"DoctorCallback every must be a positive int; got {every!r}")
+    return every
+
+
+def gradients(scaler: Any) -> str:
+    """What ``Report.gradients`` says for a trainer whose loss scaler is `scaler` (None: none)."""
+    return GRADIENTS if scaler is None else f"{GRADIENTS}, divided by the GradScaler's scale"
+
+
+def finish(doctor: Doctor, log: logging.Logger) -> Report | None:
+    """Close `doctor` and log its verdicts: the summary at INFO, a WARNING per problem. None (the
+    reason logged as a warning) when no step was sampled: a short run must not fail at its end."""
+    doctor.close()
+    try:
+        report = doctor.report()
+    except GradwellError as error:
+        # a doctor that never began: its own hint (call doctor.step()) is for hand-counting loops
+        why = (
+            error if doctor.missed else f"the run reached no optimizer step divisible by every={doctor.every}"
+        )
+        log.warning("stability doctor: no report: %s", why)
+        return None
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    console.print(report.summary())
+    log.info("stability doctor, sampled steps %s:\n%s", report.history.steps, console.file.getvalue())
+    for verdict in report.verdicts:
+        if verdict.name != "healthy":
+            fixes = "".join(f"; fix: {fix}" for fix in verdict.fixes)
+            log.warning("stability doctor: %s: %s%s", verdict.name, verdict.summary, fixes)
+    return report
