@@ -11,6 +11,8 @@ from gradwell.commands.output import console, print_json
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    from gradwell.diagnose.scenarios import SCENARIOS  # the list the help gives, so it never drifts
+
     parser = commands.add_parser(
         "diagnose",
         help="measure a network's activations and gradients, name what is unstable and how to fix it",
@@ -30,8 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--scenario",
         metavar="NAME",
-        help="a built-in scenario: sigmoid-normal, relu-glorot-30, relu-he-30, selu-100, sigmoid-bn, "
-        "exploding, or all of them with 'all'",
+        help=f"a built-in scenario: {', '.join(SCENARIOS)}, or all of them with 'all'",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"

@@ -3,7 +3,9 @@
 Each rule reads a Report (one measured pass, and a Monitor's history when there is one) and
 returns a Verdict or None; "healthy" is the verdict when no rule fires. The fixes name the
 model's own activation, initialization and layers, and the clipping threshold computed from the
-gradient norms seen. The thresholds are the fields of ``Thresholds``, with their reasons.
+gradient norms seen; for a residual network the remedies of Fixup (Zhang et al., 2019), for a
+post-LN Transformer those of Xiong et al. (2020). The thresholds are the fields of ``Thresholds``,
+with their reasons.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from gradwell.init import RECOMMENDED
 
 if TYPE_CHECKING:
     from gradwell.diagnose.layers import ModelFacts
-    from gradwell.diagnose.report import Report
+    from gradwell.diagnose.report import LayerReport, Report
 
 VERDICTS = (
     "healthy",
     "vanishing_gradients",
     "exploding_gradients",
+    "exploding_activations",
     "saturation",
     "dead_units",
     "uneven_learning",
@@ -51,6 +54,12 @@ class Thresholds:
     # measures ~2e-5 and a 20-layer sigmoid net with Glorot init ~1e-12.
     vanishing_ratio: float = 1e-2
     exploding_ratio: float = 1e2  # the mirror image of vanishing_ratio
+    # the last hidden layer's activation std 100x the first's: the signal grows with depth. Healthy
+    # nets stay near 1 (30 He ReLU layers 0.5 to 0.9, 100 LeCun SELU layers ~1.1, 30 He ELU layers
+    # at most ~3, sigmoid with batch normalization ~1.1 after training), while 30 ReLU layers with
+    # twice He's variance measure ~1.5e4 and 30 unnormalized He residual blocks ~7e6 (Var x
+    # triples per block: x + W2 relu(W1 x) adds twice Var x to it)
+    activation_growth: float = 1e2
     # a sampled global gradient norm 100x its median over training: the "cliff" of Pascanu et al.
     # (2013), which is what global-norm clipping is for
     spike_ratio: float = 1e2
@@ -128,7 +137,8 @@ def architecture_fixes(facts: ModelFacts) -> list[str]:
         )
     if activation == "selu":
         fixes += selu_fixes(facts)
-    elif not facts.batchnorm and activation not in BOUNDED:
+    elif not (facts.batchnorm or facts.post_ln or facts.residual) and activation not in BOUNDED:
+        # a post-LN Transformer normalizes already; a residual net is told where (residual_fixes)
         fixes.append('add batch normalization before each activation (batchnorm="before")')
     return fixes
 
@@ -163,6 +173,48 @@ def lower_lr(report: Report, step: int | None = None) -> str:
     return f"lower the learning rate (it was {history.lr[i]:.3g} at step {history.steps[i]})"
 
 
+WARMUP_FIX = (
+    "warm the learning rate up over the first steps (Xiong et al., 2020): a post-LN Transformer's "
+    "gradients near the output are large at initialization, and full-size steps on them make training "
+    "unstable"
+)
+PRE_LN_FIX = (
+    "use pre-LN (norm_first=True): normalizing each sublayer's input keeps the gradients of every layer "
+    "at one scale, so it trains without warm-up (Xiong et al., 2020)"
+)
+
+
+def post_ln_fixes(facts: ModelFacts) -> list[str]:
+    """Xiong et al. (2020)'s remedies, for a model with post-LN Transformer layers."""
+    return [WARMUP_FIX, PRE_LN_FIX] if facts.post_ln else []
+
+
+def fixup_fix(report: Report) -> str:
+    """Fixup's remedy for an unnormalized residual network, with its number of additions."""
+    blocks = sum(layer.kind == "residual" for layer in report.layers)
+    return (
+        "initialize each residual branch's last layer at zero (Fixup, Zhang et al. 2019; "
+        f"zero_init_residual in torchvision) or scale the branch by 1/sqrt(depth) (depth: the {blocks} "
+        "residual additions measured): each block then starts as (or near) the identity, and the signal "
+        "keeps its scale"
+    )
+
+
+NORMALIZING = ("batchnorm", "layernorm", "groupnorm")
+
+
+def residual_fixes(report: Report) -> list[str]:
+    """For a residual network: Fixup, and normalization in each block unless it has some (a post-LN
+    Transformer has it in the wrong place: its remedies are post_ln_fixes)."""
+    facts = report.model
+    if not facts.residual or facts.post_ln:
+        return []
+    normalized = facts.batchnorm or any(layer.kind in NORMALIZING for layer in report.layers)
+    return [fixup_fix(report)] + (
+        [] if normalized else ["add normalization in each block (BatchNorm or LayerNorm)"]
+    )
+
+
 def vanishing_gradients(report: Report, thresholds: Thresholds) -> Verdict | None:
     ratio = report.gradient_ratio
     if ratio is None or not ratio < thresholds.vanishing_ratio:
@@ -173,7 +225,7 @@ def vanishing_gradients(report: Report, thresholds: Thresholds) -> Verdict | Non
         "vanishing_gradients",
         f"the gradient {shrinks} on its way back from {last} to {first}",
         signal_evidence(report, ratio),
-        architecture_fixes(report.model),
+        [*post_ln_fixes(report.model), *architecture_fixes(report.model)],
         [first],
     )
 
@@ -192,8 +244,53 @@ def exploding_gradients(report: Report, thresholds: Thresholds) -> Verdict | Non
         else f"the global gradient norm spiked to {spike:.3g}x its median during training"
     )
     evidence = {**signal_evidence(report, ratio), "spike_ratio": spike}
-    fixes = [*architecture_fixes(report.model), clip_fix(report, thresholds)]
+    facts = report.model
+    fixes = [
+        *post_ln_fixes(facts),
+        *residual_fixes(report),
+        *architecture_fixes(facts),
+        clip_fix(report, thresholds),
+    ]
     return Verdict("exploding_gradients", summary, evidence, [f for f in fixes if f], [first])
+
+
+def signal_layers(report: Report) -> list[LayerReport]:
+    """The hidden layers the signal passes, embeddings left out: an embedding table's scale is a
+    convention (BERT's std 0.02, which the LayerNorm after it undoes), not a signal that grew."""
+    return [layer for layer in report.layers[:-1] if layer.kind != "embedding"] or report.layers
+
+
+def activation_growth(report: Report) -> float | None:
+    """std of the last hidden layer's activations / the first's (None if either is unknown or 0)."""
+    hidden = signal_layers(report)
+    first, last = hidden[0].stats["act_std"], hidden[-1].stats["act_std"]
+    if first is None or last is None or first <= 0:
+        return None
+    return last / first
+
+
+def exploding_activations(report: Report, thresholds: Thresholds) -> Verdict | None:
+    """The signal's std grows more than `activation_growth`-fold from the first hidden layer to the
+    last: each layer (or residual block) multiplies its variance by more than 1, so it grows
+    exponentially with depth (Zhang et al., 2019, for residual networks without normalization)."""
+    growth = activation_growth(report)
+    if growth is None or not growth > thresholds.activation_growth:
+        return None
+    hidden = signal_layers(report)
+    first, last = hidden[0].name, hidden[-1].name
+    facts = report.model
+    fixes = [*post_ln_fixes(facts), *residual_fixes(report), *architecture_fixes(facts)]
+    return Verdict(
+        "exploding_activations",
+        f"the activations' std grows {growth:.3g}x with depth, from {first} to {last}",
+        {
+            **signal_evidence(report, report.gradient_ratio),
+            "growth": growth,
+            "threshold": thresholds.activation_growth,
+        },
+        fixes,
+        [first, last],
+    )
 
 
 def gradient_spike(report: Report) -> float | None:
@@ -259,16 +356,33 @@ def dead_units(report: Report, thresholds: Thresholds) -> Verdict | None:
         fixes.append(
             f'ReLU with {report.model.init} initialization: use He initialization (init="he_normal")'
         )
+    since = dead_since(report, worst, thresholds.dead)
     if report.history is not None:
-        fixes.append(f"{lower_lr(report)}: a large step can push a unit's inputs below 0 for good")
+        fixes.append(f"{lower_lr(report, since)}: a large step can push a unit's inputs below 0 for good")
+    summary = (
+        f"{len(found)} ReLU layer(s) with over {thresholds.dead:.0%} of their units dead on the batch "
+        f"(up to {found[worst]:.0%} in {worst}"
+    )
+    summary += f", dead in every sampled step since step {since})" if since is not None else ")"
     return Verdict(
         "dead_units",
-        f"{len(found)} ReLU layer(s) with over {thresholds.dead:.0%} of their units dead on the batch "
-        f"(up to {found[worst]:.0%} in {worst})",
-        {"dead": found, "threshold": thresholds.dead},
+        summary,
+        {"dead": found, "threshold": thresholds.dead, "dead_since": since},
         fixes,
         list(found),
     )
+
+
+def dead_since(report: Report, layer: str, limit: float) -> int | None:
+    """The sampled step from which `layer`'s dead fraction stayed above `limit` in every sample a
+    Monitor took (on its training batches), the step the units died; None without such a history."""
+    history = report.history
+    if history is None or layer not in history.layers or not len(history.steps):
+        return None
+    dead = history.series("dead")[:, history.layers.index(layer)]
+    alive = [i for i, value in enumerate(dead) if not value > limit]  # NaN: not known, not dead
+    first = alive[-1] + 1 if alive else 0
+    return int(history.steps[first]) if first < len(history.steps) else None
 
 
 def learning_speeds(report: Report) -> tuple[str, dict[str, float]]:
@@ -294,7 +408,7 @@ def uneven_learning(report: Report, thresholds: Thresholds) -> Verdict | None:
     spread = speeds[fastest] / speeds[slowest]
     if not spread > thresholds.uneven_ratio:
         return None
-    fixes = architecture_fixes(report.model)
+    fixes = [*post_ln_fixes(report.model), *architecture_fixes(report.model)]
     optimizer = report.history.optimizer if report.history is not None else ""
     if optimizer == "SGD":
         fixes.append(f"use {ADAPTIVE_HINT}, instead of SGD")
@@ -321,7 +435,8 @@ def non_finite(report: Report, thresholds: Thresholds) -> Verdict | None:
     ]
     layers = activations or list(dict.fromkeys(gradients))
     step = first_nonfinite_step(report)
-    bad = layers or step is not None or report.nonfinite_forward or not math.isfinite(report.loss)
+    loss_bad = report.loss is not None and not math.isfinite(report.loss)
+    bad = layers or step is not None or report.nonfinite_forward or loss_bad
     if not bad:
         return None
     where = report.nonfinite_forward
@@ -335,6 +450,7 @@ def non_finite(report: Report, thresholds: Thresholds) -> Verdict | None:
     else:
         fixes = []
     fixes.append(lower_lr(report, step))
+    fixes += post_ln_fixes(report.model)
     clip = clip_fix(report, thresholds)
     fixes += [clip] if clip else []
     if where:
@@ -348,7 +464,7 @@ def non_finite(report: Report, thresholds: Thresholds) -> Verdict | None:
     if step is not None:
         summary += f" (first seen at step {step})"
     evidence = {
-        "loss": report.loss if math.isfinite(report.loss) else str(report.loss),
+        "loss": report.loss if report.loss is None or math.isfinite(report.loss) else str(report.loss),
         "first_forward": report.nonfinite_forward,
         "first_backward": report.nonfinite_backward,
         "activations": activations,
@@ -362,7 +478,8 @@ def first_nonfinite_step(report: Report) -> int | None:
     history = report.history
     if history is None or not len(history.steps):
         return None
-    bad = ~np.isfinite(np.asarray(history.loss)) | ~np.isfinite(np.asarray(history.grad_norm))
+    losses = np.asarray([0.0 if v is None else v for v in history.loss], dtype=float)  # None: not known
+    bad = ~np.isfinite(losses) | ~np.isfinite(np.asarray(history.grad_norm, dtype=float))
     counts = [history.series(s) for s in ("act_nonfinite", "out_grad_nonfinite")]
     bad |= np.nansum(counts[0] + counts[1], axis=1) > 0
     return int(history.steps[int(np.argmax(bad))]) if bad.any() else None
@@ -371,6 +488,7 @@ def first_nonfinite_step(report: Report) -> int | None:
 RULES: tuple[Callable[[Report, Thresholds], Verdict | None], ...] = (
     non_finite,
     exploding_gradients,
+    exploding_activations,
     vanishing_gradients,
     saturation,
     dead_units,
@@ -412,6 +530,7 @@ def healthy(report: Report) -> Verdict:
             "gradient_ratio": ratio,
             "max_saturated": largest("saturated"),
             "max_dead": largest("dead"),
+            "activation_growth": activation_growth(report),
             "speed_measure": measure,
             "speed_spread": spread,
         },
