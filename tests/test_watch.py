@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from test_diagnose import Counting
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradwell
 from gradwell.diagnose import Monitor, probe, watch
@@ -143,16 +143,6 @@ def test_gradients_are_shown_before_the_loops_clipping_and_unscaled_with_a_scale
     assert scaled.history().grad_norm[0] == pytest.approx(1024 * raw, rel=1e-4)
     assert unscaled.history().grad_norm[0] == pytest.approx(raw, rel=1e-4)
     assert "GradScaler" in unscaled.report().gradients
-
-
-class Counting(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_only_sampled_steps_hook_into_the_model_and_the_others_cost_an_integer_test():

@@ -1,16 +1,19 @@
-"""What the trainer callbacks share: their arguments checked early, and the end of training,
+"""What the trainer callbacks share: their arguments, checked early, and the end of training,
 where the doctor is closed and its verdicts go to the log (library code prints nothing)."""
 
 from __future__ import annotations
 
 import io
 import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from gradwell.diagnose.report import Report
-from gradwell.diagnose.watch import Doctor
+from gradwell.diagnose.watch import DEFAULT_EVERY, Doctor
 from gradwell.errors import ConfigError, GradwellError
 
 # which gradients the report shows: the adapters pass the trainer's GradScaler themselves, so the
@@ -18,12 +21,23 @@ from gradwell.errors import ConfigError, GradwellError
 GRADIENTS = "as the backward pass left them, summed over the step's micro-batches, before any clipping"
 
 
-def check_every(every: object) -> int:
-    """`every` as the doctor takes it, checked when the callback is made rather than when a
-    trainer first calls it, minutes later."""
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ConfigError(f"DoctorCallback every must be a positive int; got {every!r}")
-    return every
+class Settings:
+    """A callback's settings, as ``gradwell.watch`` takes them, and what it leaves: the doctor
+    (on rank 0 once training began) and its report (after training; None if nothing was sampled).
+    `every` is checked when the callback is made rather than when a trainer first calls it,
+    minutes later."""
+
+    def __init__(
+        self,
+        every: int = DEFAULT_EVERY,
+        layers: str | re.Pattern | Sequence[str | re.Pattern] | None = None,
+        tensorboard: str | Path | None = None,
+    ) -> None:
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ConfigError(f"DoctorCallback every must be a positive int; got {every!r}")
+        self.every, self.layers, self.tensorboard = every, layers, tensorboard
+        self.doctor: Doctor | None = None
+        self.report: Report | None = None
 
 
 def gradients(scaler: Any) -> str:

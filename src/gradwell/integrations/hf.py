@@ -20,9 +20,6 @@ are divided by the scale of the GradScaler that accelerate's optimizer wrapper h
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,9 +27,8 @@ import transformers
 from torch import nn
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from gradwell.diagnose.report import Report
-from gradwell.diagnose.watch import DEFAULT_EVERY, Doctor
-from gradwell.integrations.finish import check_every, finish, gradients
+from gradwell.diagnose.watch import Doctor
+from gradwell.integrations.finish import Settings, finish, gradients
 
 __all__ = ["DoctorCallback"]
 
@@ -54,7 +50,7 @@ def unwrap_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
-class DoctorCallback(transformers.TrainerCallback):
+class DoctorCallback(Settings, transformers.TrainerCallback):
     """Trainer callback: the doctor on the model, every `every`-th optimizer step measured;
     `layers` and `tensorboard` as ``gradwell.watch`` takes them. See the module docstring.
 
@@ -63,17 +59,7 @@ class DoctorCallback(transformers.TrainerCallback):
     True
     """
 
-    def __init__(
-        self,
-        every: int = DEFAULT_EVERY,
-        layers: str | re.Pattern | Sequence[str | re.Pattern] | None = None,
-        tensorboard: str | Path | None = None,
-    ) -> None:
-        self.every = check_every(every)
-        self.layers, self.tensorboard = layers, tensorboard
-        self.doctor: Doctor | None = None
-        self.report: Report | None = None
-        self.lr: Any = None  # the sampled step's learning rate, read after its update
+    lr: Any = None  # the sampled step's learning rate, read after its update
 
     def on_train_begin(
         self,

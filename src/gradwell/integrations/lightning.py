@@ -25,17 +25,14 @@ is the one whose learning rate and name are kept.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from torch import Tensor
 
 from gradwell.diagnose.report import Report
-from gradwell.diagnose.watch import DEFAULT_EVERY, Doctor
-from gradwell.integrations.finish import check_every, finish, gradients
+from gradwell.diagnose.watch import Doctor
+from gradwell.integrations.finish import Settings, finish, gradients
 
 __all__ = ["DoctorCallback"]
 
@@ -48,7 +45,7 @@ def batch_loss(outputs: Any) -> Tensor | None:
     return loss.detach() if isinstance(loss, Tensor) else None
 
 
-class DoctorCallback(pl.Callback):
+class DoctorCallback(Settings, pl.Callback):
     """Lightning callback: the doctor on `pl_module`, every `every`-th optimizer step measured;
     `layers` and `tensorboard` as ``gradwell.watch`` takes them. See the module docstring.
 
@@ -57,19 +54,9 @@ class DoctorCallback(pl.Callback):
     True
     """
 
-    def __init__(
-        self,
-        every: int = DEFAULT_EVERY,
-        layers: str | re.Pattern | Sequence[str | re.Pattern] | None = None,
-        tensorboard: str | Path | None = None,
-    ) -> None:
-        self.every = check_every(every)
-        self.layers, self.tensorboard = layers, tensorboard
-        self.doctor: Doctor | None = None
-        self.report: Report | None = None
-        self.sampled: int | None = None  # the optimizer step being measured
-        self.loss: Tensor | None = None  # its micro-batches' losses, summed on the device
-        self.lr: Any = None  # its learning rate, read before the optimizer steps
+    sampled: int | None = None  # the optimizer step being measured
+    loss: Tensor | None = None  # its micro-batches' losses, summed on the device
+    lr: Any = None  # its learning rate, read before the optimizer steps
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
