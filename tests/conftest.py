@@ -12,6 +12,13 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The downloadable data sets: a cache of the suite's own, never the user's, and any default URL
+# refused at once (port 9 on the loopback address: discard, closed) rather than tried online; the
+# download tests serve their files from a local server and set both themselves
+os.environ["GRADWELL_DATA"] = os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"gradwell-test-data-{os.getuid()}-{os.getppid()}"
+)
+os.environ["GRADWELL_DATA_MIRROR"] = "http://127.0.0.1:9"
 
 import pytest
 import torch

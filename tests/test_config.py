@@ -76,7 +76,7 @@ def test_missing_file_and_bad_overrides():
         ("optimizer.name=nadamw", r"unknown optimizer 'nadamw' \(did you mean 'nadam'"),
         ("optimizer.momentum=1.5", "momentum"),
         ("schedule.name=cosine", "unknown schedule 'cosine'"),
-        ("data.name=mnist", r"unknown dataset 'mnist' \(did you mean 'mnist1d'\?\)"),
+        ("data.name=mnst1d", r"unknown dataset 'mnst1d' \(did you mean 'mnist1d'\?\)"),
         ("data.imag=true", r"dataset 'digits' takes no option 'imag' \(did you mean 'image'\?\)"),
         ("train.device=tpu", "train.device = 'tpu' is not a device"),
         ("train.device=meta", "train.device = 'meta': gradwell trains on cpu or cuda"),

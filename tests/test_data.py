@@ -494,9 +494,9 @@ def test_split_works_with_a_data_loader(digits):
     ("name", "options", "message"),
     [
         (
-            "mnist",
+            "mnst1d",
             {},
-            r"unknown dataset 'mnist' \(did you mean 'mnist1d'\?\); valid: mnist1d, digits, idx:DIR",
+            r"unknown dataset 'mnst1d' \(did you mean 'mnist1d'\?\); valid: mnist1d, digits, idx:DIR",
         ),
         ("cvs:a.csv", {}, r"did you mean 'csv'"),
         ("csv", {}, "write it as 'csv:PATH'"),
@@ -522,7 +522,7 @@ def test_describe_lists_every_source():
     assert (
         [name for name, _ in describe()]
         == list(DATASETS)
-        == ["mnist1d", "digits", "idx:DIR", "csv:PATH", "npz:PATH"]
+        == ["mnist1d", "digits", "idx:DIR", "csv:PATH", "npz:PATH", "mnist", "fashion_mnist", "cifar10"]
     )
     assert all(len(text) > 20 for _, text in describe())
 

@@ -41,10 +41,10 @@ class DataError(GradwellError):
     """A dataset is missing, malformed or inconsistent (file, row and column named).
 
     >>> from gradwell.data import load
-    >>> load("mnist")
+    >>> load("mnst1d")
     Traceback (most recent call last):
         ...
-    gradwell.errors.DataError: unknown dataset 'mnist' (did you mean 'mnist1d'?); valid: mnist1d, ...
+    gradwell.errors.DataError: unknown dataset 'mnst1d' (did you mean 'mnist1d'?); valid: mnist1d, ...
     """
 
 

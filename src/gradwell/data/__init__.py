@@ -1,8 +1,10 @@
 """gradwell.data: datasets as checked train / validation / test tensors.
 
 ``load(name)`` reads mnist1d (generated), digits (scikit-learn), MNIST / Fashion-MNIST IDX
-files, CSV and NPZ; ``standardize`` fits on the training split only; ``split_by_classes``
-makes the chapter's task A / task B. Every problem raises ``gradwell.errors.DataError``.
+files, CSV and NPZ, and mnist, fashion_mnist and cifar10, downloaded once into a cache and
+verified on every load (gradwell.data.download); ``standardize`` fits on the training split
+only; ``split_by_classes`` makes the chapter's task A / task B. Every problem raises
+``gradwell.errors.DataError``.
 """
 
 from gradwell.data.dataset import Dataset, Split

@@ -1,7 +1,8 @@
 """``load(name)``: every dataset by name, and the table ``gradwell datasets`` prints.
 
-Nothing is ever downloaded: mnist1d is generated, digits ships with scikit-learn, and the
-other sources read the user's files.
+mnist1d is generated, digits ships with scikit-learn, idx, csv and npz read the user's files;
+mnist, fashion_mnist and cifar10 are downloaded once into a cache and verified on every load
+(gradwell.data.download).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from gradwell.data.builtin import digits, mnist1d
 from gradwell.data.checks import count, fraction
 from gradwell.data.dataset import Dataset
+from gradwell.data.download import cifar10, fashion_mnist, mnist
 from gradwell.data.idx import idx_dir
 from gradwell.data.npz import read_npz
 from gradwell.data.splits import Source, assemble
@@ -24,6 +26,9 @@ SOURCES: dict[str, Callable[..., Source]] = {
     "idx": idx_dir,  # these three take a path after the colon
     "csv": read_csv,
     "npz": read_npz,
+    "mnist": mnist,  # these three are downloaded once, then read from the cache
+    "fashion_mnist": fashion_mnist,
+    "cifar10": cifar10,
 }
 PATHS = ("idx", "csv", "npz")
 
@@ -36,6 +41,12 @@ DATASETS: dict[str, str] = {
     "csv:PATH": "CSV with a header row: integer labels 0..K-1 in one column (option label='label'), "
     "numeric features",
     "npz:PATH": "NumPy archive with x, y or x_train, y_train (+ x_val, y_val, x_test, y_test); no pickles",
+    "mnist": "MNIST, downloaded once (11.6 MB) and checked by SHA-256: 10 digits, 60000/10000 train/test, "
+    "28x28 in [0, 1] (option mirror=URL)",
+    "fashion_mnist": "Fashion-MNIST, downloaded once (30.9 MB): 10 kinds of clothes (T-shirt/top .. Ankle "
+    "boot), 60000/10000 train/test, 28x28 in [0, 1] (option mirror=URL)",
+    "cifar10": "CIFAR-10 binary version, downloaded once (170 MB): 10 classes (airplane .. truck), "
+    "50000/10000 train/test, 3x32x32 in [0, 1] (option mirror=URL)",
 }
 
 
@@ -43,7 +54,7 @@ def describe() -> list[tuple[str, str]]:
     """(name, description) for every dataset, in the order ``gradwell datasets`` lists them.
 
     >>> [name for name, _ in describe()]
-    ['mnist1d', 'digits', 'idx:DIR', 'csv:PATH', 'npz:PATH']
+    ['mnist1d', 'digits', 'idx:DIR', 'csv:PATH', 'npz:PATH', 'mnist', 'fashion_mnist', 'cifar10']
     """
     return list(DATASETS.items())
 
