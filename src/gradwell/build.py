@@ -30,6 +30,7 @@ from gradwell.activations import ACTIVATIONS, activation_info
 from gradwell.config import Config, TrainConfig, check_call, check_types
 from gradwell.errors import ConfigError, GradwellError, unknown_name
 from gradwell.memory import FLOAT32, TRAINING_COPIES, check_fits, readable
+from gradwell.models import custom
 from gradwell.train import Callback, History, distributed, fit
 from gradwell.train.losses import check_data_fits_model
 
@@ -70,11 +71,21 @@ def load_data(config: Config) -> datasets.Dataset:
 
 
 def model_builder(config: Config) -> tuple[Any, dict[str, Any]]:
-    """The [model] section's builder and its options, their names and types checked."""
+    """The [model] section's builder and its options, their names and types checked.
+
+    For ``kind = "python:module:factory"`` the builder is the user's factory, imported (so a
+    typo in the spec fails before the data is loaded); its options are checked against its
+    signature when it takes no ``**kwargs``, and passed through to it otherwise.
+    """
     options = dict(config.model)
     kind = options.pop("kind", "mlp")
+    if custom.is_custom(kind):
+        factory = custom.import_factory(kind)
+        custom.check_options(kind, factory, options)
+        check_types("model", factory, options)
+        return factory, options
     if not isinstance(kind, str) or kind not in BUILDERS:
-        raise unknown_name("model kind", kind, BUILDERS)
+        raise unknown_name("model kind", kind, [*BUILDERS, "python:module:factory"])
     builder = BUILDERS[kind]
     check_call("model", builder, options, skip=("in_features", "in_shape", "out_features", "generator"))
     return builder, options
@@ -83,9 +94,10 @@ def model_builder(config: Config) -> tuple[Any, dict[str, Any]]:
 def check_sections(config: Config) -> None:
     """What can be checked of [model], [optimizer] and [schedule] without the data: names and
     types, and the activation's name, so that a typo fails before a dataset is loaded or made."""
-    _, options = model_builder(config)
+    builder, options = model_builder(config)
     activation = options.get("activation")
-    if isinstance(activation, str) and activation_info(activation) is None:
+    builtin = builder in BUILDERS.values()  # a user factory's options are its own to check
+    if builtin and isinstance(activation, str) and activation_info(activation) is None:
         raise ConfigError(f"model.activation: {unknown_name('activation', activation, ACTIVATIONS)}")
     values = dict(config.optimizer)
     name = check_name("optimizer", values.pop("name", "nadam"), optim.OPTIMIZERS)
@@ -114,8 +126,14 @@ def check_name(section: str, name: Any, table: dict[str, Any], *others: str) -> 
 
 
 def build_model(config: Config, dataset: datasets.Dataset) -> nn.Module:
-    """The [model] section's model for `dataset`, initialized from a generator seeded by train.seed."""
+    """The [model] section's model for `dataset`, initialized from a generator seeded by train.seed
+    (a user factory's under torch's CPU generator seeded by it: gradwell.models.custom)."""
     builder, options = model_builder(config)
+    kind = config.model.get("kind")
+    if custom.is_custom(kind):  # seeded and checked there: see gradwell.models.custom
+        binary = config.train.loss == "binary_cross_entropy"
+        shape, classes = dataset.feature_shape, dataset.num_classes
+        return custom.build_custom(kind, shape, classes, options, seed=config.train.seed, binary=binary)
     generator = torch.Generator().manual_seed(config.train.seed)
     try:
         return builder(dataset.feature_shape, dataset.num_classes, **options, generator=generator)
