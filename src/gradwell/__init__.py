@@ -45,7 +45,7 @@ from gradwell.init import (
 from gradwell.models import cnn, mlp, summary
 from gradwell.norm import BatchNorm
 from gradwell.optim import SGD, AdaGrad, Adam, AdaMax, AdamW, Nadam, RMSProp
-from gradwell.pretrain import RBM, autoencoder, auxiliary, greedy_layerwise
+from gradwell.pretrain import RBM, autoencoder, auxiliary, gan, greedy_layerwise
 from gradwell.regularize import l1_l2_penalty, max_norm_, mc_dropout_predict
 from gradwell.train import Callback, EarlyStopping, History, TrainOptions, evaluate, fit
 from gradwell.transfer import clone, fine_tune, freeze, layerwise_lr, reuse, unfreeze
@@ -103,6 +103,7 @@ __all__ = [
     "fit",
     "fold_batchnorm",
     "freeze",
+    "gan",
     "get_activation",
     "get_initializer",
     "glorot_normal_",
