@@ -11,6 +11,14 @@ import pytest
 import torch
 from conftest import GRADWELL, gradwell, quiet_env, wait_for_a_new_checkpoint
 
+
+def terminal_sigint() -> None:
+    """SIGINT as a terminal leaves it (default), whatever the suite was started by: a background
+    job or nohup ignores it, a child inherits that, and Python then installs no KeyboardInterrupt,
+    so the launcher would miss the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 TINY = """
 [data]
 name = "digits"
@@ -149,7 +157,7 @@ def test_ctrl_c_stops_every_process_of_a_data_parallel_run_at_one_step_and_resum
     process = subprocess.Popen(
         [*GRADWELL, *train, str(tiny_config), "--set", "train.epochs=1000", "--set", "output.name=cut"],
         cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=terminal_sigint,
     )  # fmt: skip
     checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
     wait_for_a_new_checkpoint(process, checkpoints)
