@@ -143,18 +143,22 @@ def marker(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
+def stamp(path: Path, sha256: str) -> dict[str, Any]:
+    """What a marker records: the file's size and mtime as they are now, and its hash."""
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+
+
 def marked(path: Path, sha256: str) -> bool:
     """True when `path`'s marker records its current size and mtime and the expected hash."""
     try:
-        record, stat = json.loads(marker(path).read_text()), path.stat()
+        return json.loads(marker(path).read_text()) == stamp(path, sha256)
     except (OSError, ValueError):
         return False
-    return record == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
 
 
 def write_marker(path: Path, sha256: str) -> None:
-    stat = path.stat()
-    record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    record = stamp(path, sha256)
     try:
         marker(path).write_text(json.dumps(record))
     except OSError as error:
@@ -264,7 +268,7 @@ def ensure(name: str, *, mirror: str | None = None, progress: bool | None = None
     `progress` shows a bar on stderr; by default only when stderr is a terminal.
     """
     base, path = base_url(name, mirror), folder(name)
-    missing = {f: entry for f, entry in REGISTRY[name].files.items() if not (path / f).is_file()}
+    missing = [f for f in REGISTRY[name].files if not (path / f).is_file()]
     for file, (size, sha256) in REGISTRY[name].files.items():
         if file not in missing:
             verify(path / file, size, sha256)

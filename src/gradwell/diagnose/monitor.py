@@ -26,8 +26,8 @@ from torch import Tensor
 
 from gradwell.diagnose.history import History
 from gradwell.diagnose.watch import DEFAULT_EVERY, Doctor, empty_host
-from gradwell.errors import ConfigError
 from gradwell.train.callbacks import Callback
+from gradwell.train.options import positive_count
 
 if TYPE_CHECKING:
     from gradwell.diagnose.layers import ModelFacts
@@ -63,8 +63,7 @@ class Monitor(Callback):
     """
 
     def __init__(self, every: int = DEFAULT_EVERY, tensorboard: str | Path | None = None) -> None:
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ConfigError(f"Monitor every must be a positive int; got {every!r}")
+        positive_count("Monitor every", every)
         self.every = every
         self.tensorboard = tensorboard
         self.doctor: Doctor | None = None

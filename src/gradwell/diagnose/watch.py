@@ -43,6 +43,7 @@ from gradwell.diagnose.record import Recorder
 from gradwell.diagnose.report import Report, report_from_history
 from gradwell.diagnose.stats import STATS
 from gradwell.errors import ConfigError, GradwellError
+from gradwell.train.options import positive_count
 
 log = logging.getLogger(__name__)
 
@@ -382,8 +383,7 @@ def check_watchable(model: object, optimizer: object, every: object) -> None:
             f"optimizer must be a torch.optim.Optimizer (its step hooks count the steps); got "
             f"{type(optimizer).__name__}: pass its inner torch optimizer, or none and call doctor.step()"
         )
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ConfigError(f"every must be a positive int; got {every!r}")
+    positive_count("every", every)
 
 
 def initial_facts(model: nn.Module, static: list[Layer] | None) -> ModelFacts | None:

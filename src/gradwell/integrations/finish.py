@@ -14,7 +14,8 @@ from rich.console import Console
 
 from gradwell.diagnose.report import Report
 from gradwell.diagnose.watch import DEFAULT_EVERY, Doctor
-from gradwell.errors import ConfigError, GradwellError
+from gradwell.errors import GradwellError
+from gradwell.train.options import positive_count
 
 # which gradients the report shows: the adapters pass the trainer's GradScaler themselves, so the
 # doctor's own hint (pass scaler=) would send the reader looking for an argument they do not have
@@ -33,8 +34,7 @@ class Settings:
         layers: str | re.Pattern | Sequence[str | re.Pattern] | None = None,
         tensorboard: str | Path | None = None,
     ) -> None:
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ConfigError(f"DoctorCallback every must be a positive int; got {every!r}")
+        positive_count("DoctorCallback every", every)
         self.every, self.layers, self.tensorboard = every, layers, tensorboard
         self.doctor: Doctor | None = None
         self.report: Report | None = None

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor, nn
 
+from gradwell.activations import positive_int
 from gradwell.diagnose import watch
 from gradwell.errors import DataError, GradwellError, check_finite
 from gradwell.pretrain.auxiliary import embedding_width
@@ -313,8 +314,7 @@ def gan(
     check_finite("lr", lr, low=0.0, low_open=True)
     check_finite("beta1", beta1, low=0.0, high=1.0, high_open=True)
     for name, value in (("epochs", epochs), ("noise_dim", noise_dim), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise GradwellError(f"{name} must be a positive int; got {value!r}")
+        positive_int(name, value)
     body, g, d = build_pair(x, layers, noise_dim, seed)
     twin = copy.deepcopy(d)  # D's shape for G's step, before any doctor hooks D (see ``judge``)
     optimizers = tuple(torch.optim.Adam(net.parameters(), lr=lr, betas=(beta1, 0.999)) for net in (g, d))
