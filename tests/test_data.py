@@ -578,6 +578,121 @@ def test_standardize_images_with_constant_pixels(digits):
     assert torch.isfinite(scaled.test.x).all()
 
 
+# ---------------------------------------------------------------- images stored as their pixels
+
+
+def pixel_dataset(shape, n=(200, 50), k=3, seed=0):
+    """A dataset of uint8 images (channel c brighter by 60·c), as an image loader assembles it."""
+    from gradwell.data.checks import Part
+    from gradwell.data.splits import Source, assemble
+
+    rng = np.random.default_rng(seed)
+
+    def part(size, name):
+        x = rng.integers(0, 120, (size, *shape), np.uint8)
+        if len(shape) == 3:
+            x += (60 * np.arange(shape[0], dtype=np.uint8)).reshape(-1, 1, 1)
+        return Part(x, np.arange(size) % k, f"{name} x", f"{name} y", pixels=True)
+
+    source = Source(train=part(n[0], "train"), test=part(n[1], "test"))
+    return assemble("pixels", source, val_fraction=0.1, test_fraction=0.2, seed=0, num_classes=None)
+
+
+def test_pixels_stay_bytes_and_decode_to_exactly_pixel_over_255():
+    data = pixel_dataset((3, 4, 5))
+    raw = data.train.stored
+    assert raw.dtype == torch.uint8 and data.feature_shape == (3, 4, 5) and len(data.val) == 20
+    assert torch.equal(data.train.x, raw.float() / 255) and data.train.x.dtype == torch.float32
+    index = torch.tensor([4, 0, 7])
+    x, y = data.train[index]  # only these are decoded
+    assert torch.equal(x, data.train.x[index]) and torch.equal(y, data.train.y[index])
+    assert data.train.select(index).stored.dtype == torch.uint8
+
+
+def float_copy(data):
+    """The same dataset with its features decoded once, as float32 (the way they were held before)."""
+    splits = {key: Split(getattr(data, key).x, getattr(data, key).y) for key in ("train", "val", "test")}
+    return Dataset(**splits, num_classes=data.num_classes, name=data.name)
+
+
+def test_per_channel_standardization_matches_float64_and_keeps_bytes():
+    data = pixel_dataset((3, 4, 5))
+    scaled, stats = standardize(data, per="channel")
+    train = data.train.stored.double().numpy() / 255
+    mean, std = train.mean((0, 2, 3), keepdims=True)[0], train.std((0, 2, 3), keepdims=True)[0]
+    assert (
+        stats.mean.shape == (3, 1, 1)
+        and rel_error(stats.mean, mean) < 1e-6
+        and rel_error(stats.std, std) < 1e-6
+    )
+    for key in ("train", "val", "test"):
+        split = getattr(scaled, key)
+        assert split.stored is getattr(data, key).stored  # folded into the decoding: no float copy
+        reference = (getattr(data, key).stored.double().numpy() / 255 - mean) / std
+        assert rel_error(split.x, reference) < 1e-5
+    assert float(scaled.train.x.double().mean((0, 2, 3)).abs().max()) < 1e-5
+
+
+def test_per_feature_standardization_of_pixels_equals_the_float_path():
+    data = pixel_dataset((6, 6))
+    (pixels, stats), (floats, float_stats) = standardize(data), standardize(float_copy(data))
+    assert torch.equal(stats.mean, float_stats.mean) and torch.equal(stats.std, float_stats.std)
+    for key in ("train", "val", "test"):
+        assert torch.allclose(getattr(pixels, key).x, getattr(floats, key).x, rtol=1e-5, atol=1e-5)
+    _, single = standardize(data, per="channel")  # one channel: one mean for every pixel
+    assert single.mean.shape == (1, 1) and rel_error(single.mean, data.train.x.double().mean()) < 1e-6
+    with pytest.raises(DataError, match="'pixel' is not known; valid: feature, channel"):
+        standardize(data, per="pixel")
+
+
+def test_standardization_statistics_do_not_depend_on_the_chunk(monkeypatch):
+    from gradwell.data import scaling
+
+    data = synthetic(np.random.default_rng(3), shape=(2, 3), n=(101, 5, 5))
+    whole = standardize(data, per="channel")[1]
+    monkeypatch.setattr(scaling, "CHUNK", 7)
+    chunked = standardize(data, per="channel")[1]
+    assert rel_error(chunked.mean, whole.mean) < 1e-6 and rel_error(chunked.std, whole.std) < 1e-6
+    assert rel_error(whole.std, data.train.x.double().numpy().std(axis=(0, 1, 2))) < 1e-6
+
+
+def test_training_on_pixels_equals_training_on_their_float_copy():
+    from gradwell import models, optim
+    from gradwell.train import fit
+    from gradwell.train.loop import DeviceData
+
+    data = standardize(pixel_dataset((1, 6, 6)), per="channel")[0]
+    assert DeviceData.of(data, torch.device("cpu")).train.stored.dtype == torch.uint8
+    histories, weights = [], []
+    for dataset in (data, float_copy(data)):
+        model = models.cnn((1, 6, 6), 3, [4], generator=torch.Generator().manual_seed(0))
+        optimizer = optim.Nadam(model.parameters(), lr=0.01)
+        history = fit(model, dataset, optimizer=optimizer, epochs=2, batch_size=32, progress=False)
+        histories.append([{k: v for k, v in epoch.items() if k != "time"} for epoch in history.epochs])
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert histories[0] == histories[1] and torch.equal(*weights)  # the same floats, batch by batch
+
+
+def test_config_standardizes_per_channel_for_a_cnn_and_per_feature_otherwise():
+    from gradwell import build
+    from gradwell import config as configs
+    from gradwell.errors import ConfigError
+
+    def loaded(model, **data):
+        return build.load_data(
+            configs.from_dict({"data": {"name": "digits", "image": True, **data}, "model": model})
+        )
+
+    cnn, mlp = loaded({"kind": "cnn"}), loaded({"kind": "mlp"})
+    assert abs(float(cnn.train.x.mean())) < 1e-5 and float(cnn.train.x.mean(0).abs().max()) > 0.5
+    assert float(mlp.train.x.mean(0).abs().max()) < 1e-5
+    assert torch.equal(loaded({"kind": "mlp"}, standardize="channel").train.x, cnn.train.x)
+    with pytest.raises(
+        ConfigError, match=r"data\.standardize = 'pixel' is not valid; valid: true, false, 'feature'"
+    ):
+        loaded({"kind": "mlp"}, standardize="pixel")
+
+
 # ---------------------------------------------------------------- split_by_classes
 
 

@@ -191,6 +191,33 @@ def test_probe_measures_a_cnn_per_channel(batch):
     assert rel_error(report.layers[1].stats["act_std"], h2.double().std(correction=0)) < 1e-5
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_probe_split_measures_a_2d_cnn_on_stored_pixels(shape):
+    from gradwell.data import Affine, Split, standardize
+    from gradwell.data.dataset import Dataset
+    from gradwell.diagnose.checkup import probe_split
+
+    pixels = torch.randint(
+        0, 256, (24, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    split = Split(pixels, torch.arange(24) % 10, Affine.pixels())
+    train = standardize(Dataset(split, split, split, 10, "images"), per="channel")[0].train
+    model = models.cnn(shape, 10, channels=(4, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.conv1.conv.bias[1] = -100.0  # channel 1 dead everywhere
+    report = probe_split(model, train, size=16, seed=3)
+    assert [(layer.name, layer.kind) for layer in report.layers] == [
+        ("conv1", "relu"), ("conv2", "relu"), ("output", "linear"),
+    ]  # fmt: skip
+    pick = torch.randperm(24, generator=torch.Generator().manual_seed(3))[:16]
+    with torch.no_grad():  # dead: zero at every position (H, W) of every sample
+        h1 = torch.relu(model.conv1.conv(train[pick][0]))
+    assert report.layers[0].stats["dead"] == pytest.approx(
+        float((h1 == 0).all(3).all(2).all(0).double().mean())
+    )
+    assert report.layers[0].stats["dead"] == 0.25
+
+
 # verdicts, each on a model built to show it, and not on a healthy one
 
 

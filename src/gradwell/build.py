@@ -60,14 +60,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_data(config: Config) -> datasets.Dataset:
-    """The [data] section's dataset, standardized on its training split unless it says not to."""
+    """The [data] section's dataset, standardized on its training split unless it says not to.
+
+    ``standardize`` is true (the default), false, "feature" or "channel". True picks per channel
+    for a cnn and for (C, H, W) images, whose every position a convolution sees alike, and per
+    feature otherwise (each input of an MLP at mean 0 and variance 1, as the chapter does).
+    """
     options = dict(config.data)
     name = options.pop("name", "mnist1d")
-    standardize = options.pop("standardize", True)
-    if not isinstance(standardize, bool):
-        raise ConfigError(f"data.standardize = {standardize!r} has the wrong type: expected bool")
+    per = options.pop("standardize", True)
+    if per not in (True, False, *datasets.PER) or not isinstance(per, bool | str):
+        valid = ", ".join(map(repr, datasets.PER))
+        raise ConfigError(f"data.standardize = {per!r} is not valid; valid: true, false, {valid}")
     dataset = datasets.load(name, **options)
-    return datasets.standardize(dataset)[0] if standardize else dataset
+    if per is True:
+        images = config.model.get("kind") == "cnn" or len(dataset.feature_shape) == 3
+        per = "channel" if images else "feature"
+    return datasets.standardize(dataset, per)[0] if per else dataset
 
 
 def model_builder(config: Config) -> tuple[Any, dict[str, Any]]:
@@ -231,8 +240,8 @@ class Recipe:
 
     def check(self, model: nn.Module) -> None:
         """DataError before training when the data cannot go through `model`."""
-        train = self.dataset.train
-        check_data_fits_model(model, train.x.to(self.device), train.y.to(self.device), self.options.loss)
+        train = self.dataset.train.to(self.device)
+        check_data_fits_model(model, train.stored, train.y, self.options.loss, decode=train.features)
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(self.config, model)

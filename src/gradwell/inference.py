@@ -91,7 +91,7 @@ def fold_run(
         )
     loss = run.config.train.loss
     metrics = (evaluate(trained, test.x, test.y, loss), evaluate(folded, test.x, test.y, loss))
-    x = test.x[:batch_size]
+    x = test[:batch_size][0]
     latency = (seconds_per_call(trained, x, min_run_time), seconds_per_call(folded, x, min_run_time))
     path = Path(out) if out is not None else run.run_dir / FOLDED_FILE
     save_weights(folded, path, metadata={"folded": "true", "run": str(run.run_dir)})

@@ -35,6 +35,7 @@ from gradwell.errors import GradwellError, check_finite
 from gradwell.models import output_layer
 from gradwell.norm import BatchNorm
 from gradwell.train import Callback, History, fit
+from gradwell.train.losses import as_split
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ def check_outputs(model: nn.Module, data: Any) -> None:
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()
-        outputs = model(data.train.x[:2].to(reference.device)).shape[-1]
+        outputs = model(as_split(data.train)[:2][0].to(reference.device)).shape[-1]
     finally:
         for module, training in modes.items():
             module.training = training

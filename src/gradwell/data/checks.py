@@ -6,7 +6,7 @@ bad value is found before any training starts rather than as a NaN loss an hour 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,13 +18,15 @@ class Part:
     """One split as a source read it, before any check, and how to name a position in it.
 
     The default names are numpy indices, e.g. ``data.npz: x_train[17, 3]``; the CSV reader
-    overrides them with line numbers and column names.
+    overrides them with line numbers and column names. `pixels` marks uint8 images whose
+    features are pixel / 255: they are kept as bytes (a quarter of float32's memory).
     """
 
     x: np.ndarray
     y: np.ndarray
     x_name: str
     y_name: str
+    pixels: bool = field(default=False, kw_only=True)
 
     def where_x(self, i: int, j: int) -> str:
         """Sample i, flat feature index j."""
@@ -52,7 +54,8 @@ def numeric(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def check_part(part: Part) -> tuple[np.ndarray, np.ndarray]:
-    """Features as float32 and labels as float64 non-negative integers, after every per-split check."""
+    """Features as float32 (pixels as uint8) and labels as float64 non-negative integers, after
+    every per-split check."""
     x, y = numeric(np.asarray(part.x), part.x_name), numeric(np.asarray(part.y), part.y_name)
     if x.ndim < 2 or 0 in x.shape[1:]:
         raise DataError(f"{part.x_name} has shape {x.shape}; expected (samples, features...) with features")
@@ -62,7 +65,9 @@ def check_part(part: Part) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{part.x_name} has {len(x)} samples but {part.y_name} has {len(y)} labels")
     if len(y) == 0:
         raise DataError(f"{part.x_name} is empty: no samples")
-    return finite_features(part, x), integer_labels(part, y)
+    if part.pixels and x.dtype != np.uint8:
+        raise DataError(f"{part.x_name} has dtype {x.dtype}; pixels are stored as uint8")
+    return x if part.pixels else finite_features(part, x), integer_labels(part, y)
 
 
 def first_bad(bad: np.ndarray) -> tuple[int, ...]:

@@ -316,7 +316,7 @@ def fashion_mnist(*, mirror: str | None = None) -> Source:
 
 
 def cifar_part(archive: tarfile.TarFile, members: list[str], path: Path) -> Part:
-    """The records of `members` as images (n, 3, 32, 32) in [0, 1] and labels (n,)."""
+    """The records of `members` as uint8 images (n, 3, 32, 32) and labels (n,)."""
     blocks = []
     for member in members:
         try:
@@ -330,8 +330,8 @@ def cifar_part(archive: tarfile.TarFile, members: list[str], path: Path) -> Part
             raise DataError(f"{path}: {member} has {len(data)} bytes, not whole 3073-byte records")
         blocks.append(np.frombuffer(data, np.uint8).reshape(-1, CIFAR_RECORD))
     records = np.concatenate(blocks)
-    x = records[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255  # channels first, as torch
-    return Part(x, records[:, 0], f"{path} {members[0]} x", f"{path} {members[0]} y")
+    x = records[:, 1:].reshape(-1, 3, 32, 32)  # channels first, as torch; bytes, decoded per batch
+    return Part(x, records[:, 0], f"{path} {members[0]} x", f"{path} {members[0]} y", pixels=True)
 
 
 def cifar10(*, mirror: str | None = None) -> Source:

@@ -87,8 +87,8 @@ def read_pair(root: Path, stem: str) -> Part:
         )
     if labels.ndim != 1:
         raise DataError(f"{labels_path} has dimensions {labels.shape}; a labels file has 1 (count)")
-    x = images.astype(np.float32) / 255 if images.dtype == np.uint8 else images  # bytes to [0, 1]
-    return Part(x, labels, str(images_path), str(labels_path))
+    # bytes stay bytes, decoded to [0, 1] a batch at a time
+    return Part(images, labels, str(images_path), str(labels_path), pixels=images.dtype == np.uint8)
 
 
 def idx_dir(directory: str) -> Source:

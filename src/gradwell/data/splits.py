@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from gradwell.data.checks import Part, check_classes, check_feature_shapes, check_part, count
-from gradwell.data.dataset import Dataset, Split
+from gradwell.data.dataset import Affine, Dataset, Split
 from gradwell.errors import DataError
 
 
@@ -41,11 +41,13 @@ def carve(arrays: Arrays, fraction: float, rng: np.random.Generator) -> tuple[Ar
     return (x[rest], y[rest]), (x[carved], y[carved])
 
 
-def to_split(arrays: Arrays) -> Split:
+def to_split(arrays: Arrays, pixels: bool) -> Split:
+    """Tensors of checked arrays: float32 features, or uint8 pixels decoded per batch."""
     x, y = arrays
-    return Split(
-        torch.from_numpy(np.require(x, np.float32, ["C", "W"])), torch.from_numpy(y.astype(np.int64))
-    )
+    labels = torch.from_numpy(y.astype(np.int64))
+    if pixels:
+        return Split(torch.from_numpy(np.require(x, np.uint8, ["C", "W"])), labels, Affine.pixels())
+    return Split(torch.from_numpy(np.require(x, np.float32, ["C", "W"])), labels)
 
 
 def assemble(
@@ -72,7 +74,8 @@ def assemble(
             f"{name}: no training samples left after carving validation and test; lower the fractions"
         )
     names = source.class_names if source.class_names is not None and len(source.class_names) == k else None
-    splits = {key: to_split(arrays[key]) for key in ("train", "val", "test")}
+    pixels = {key: parts.get(key, parts["train"]).pixels for key in ("train", "val", "test")}
+    splits = {key: to_split(arrays[key], pixels[key]) for key in ("train", "val", "test")}
     return Dataset(**splits, num_classes=k, name=name, class_names=names)
 
 
@@ -96,8 +99,8 @@ def subset(dataset: Dataset, classes: list[int], task: str) -> Dataset:
     relabel[classes] = torch.arange(len(classes))
 
     def keep(split: Split) -> Split:
-        mask = torch.isin(split.y, torch.tensor(classes, device=split.y.device))
-        return Split(split.x[mask], relabel.to(split.y.device)[split.y[mask]])
+        kept = split.select(torch.isin(split.y, torch.tensor(classes, device=split.y.device)))
+        return replace(kept, y=relabel.to(split.y.device)[kept.y])
 
     names = None if dataset.class_names is None else tuple(dataset.class_names[c] for c in classes)
     name = f"{dataset.name} task {task} (classes {', '.join(map(str, classes))})"
@@ -148,5 +151,5 @@ def split_by_classes(
             )
         chosen = np.sort(np.random.default_rng(count("seed", seed, 0)).permutation(len(task_b.train))[:limit])
         index = torch.from_numpy(chosen).to(task_b.train.y.device)
-        task_b = replace(task_b, train=Split(*task_b.train[index]))
+        task_b = replace(task_b, train=task_b.train.select(index))
     return task_a, task_b

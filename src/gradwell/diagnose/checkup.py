@@ -17,6 +17,7 @@ from gradwell.diagnose.probe import explain_nonfinite, probe
 from gradwell.diagnose.report import Report
 from gradwell.errors import ConfigError, NonFiniteError
 from gradwell.run_folder import load_run
+from gradwell.train.losses import as_split
 
 if TYPE_CHECKING:
     from gradwell.config import Config
@@ -48,7 +49,8 @@ def probe_split(
     """
     device = next(model.parameters()).device
     pick = torch.randperm(len(split.y), generator=torch.Generator().manual_seed(seed))[:size]
-    return probe(model, split.x[pick].to(device), split.y[pick].to(device), loss, monitor=monitor, seed=seed)
+    x, y = as_split(split)[pick]  # stored pixels: only the picked samples are decoded
+    return probe(model, x.to(device), y.to(device), loss, monitor=monitor, seed=seed)
 
 
 def diagnose_config(config: Config, epochs: int = 0) -> Report:

@@ -24,7 +24,7 @@ from gradwell.data import Dataset, split_by_classes
 from gradwell.errors import CheckpointError, ConfigError
 from gradwell.experiment.stats import Summary, summarize
 from gradwell.run_folder import load_run
-from gradwell.train.losses import evaluate
+from gradwell.train.losses import evaluate_split
 from gradwell.transfer import count_option, fine_tune, reuse
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ def train_task(config: Config, dataset: Dataset, epochs: int, batch_size: int) -
     return prepared.model
 
 
-def accuracy(model: nn.Module, split: Any, device: torch.device) -> float:
-    return evaluate(model, split.x.to(device), split.y.to(device))["accuracy"]
+def accuracy(model: nn.Module, split: Any) -> float:
+    return evaluate_split(model, split)["accuracy"]
 
 
 def study_run(
@@ -103,7 +103,7 @@ def study_run(
     result: dict[str, float] = {"seed": seed}
     if model_a is None:
         model_a = train_task(config, task_a, config.train.epochs, config.train.batch_size)
-        result["a"] = accuracy(model_a, task_a.test, device)
+        result["a"] = accuracy(model_a, task_a.test)
     scratch_epochs = options.scratch_epochs or options.frozen_epochs + options.epochs
     scratch = train_task(config, task_b, scratch_epochs, options.batch_size)
     b_on_a = reuse(
@@ -114,8 +114,8 @@ def study_run(
         lr_after_unfreeze=options.lr_after_unfreeze, unfreeze_top=options.unfreeze_top,
         optimizer=options.optimizer, batch_size=options.batch_size, seed=seed, device=device,
     )  # fmt: skip
-    result["b_scratch"] = accuracy(scratch, task_b.test, device)
-    result["b_on_a"] = accuracy(b_on_a, task_b.test, device)
+    result["b_scratch"] = accuracy(scratch, task_b.test)
+    result["b_on_a"] = accuracy(b_on_a, task_b.test)
     result["difference"] = result["b_on_a"] - result["b_scratch"]
     return result
 

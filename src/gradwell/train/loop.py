@@ -24,12 +24,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from gradwell.data import Split
 from gradwell.errors import ConfigError
 from gradwell.selfnorm import warn_if_penalties_break_self_normalization
 from gradwell.train import checkpoint, distributed, nonfinite, state
 from gradwell.train.callbacks import Callback
 from gradwell.train.guard import Interrupted, nonfinite_error, stop_on_signals
-from gradwell.train.losses import check_data_fits_model, evaluate
+from gradwell.train.losses import as_split, check_data_fits_model, evaluate
 from gradwell.train.options import TrainOptions, training_options
 from gradwell.train.paths import BuiltStep, choose
 from gradwell.train.step import Metrics, StepContext
@@ -104,17 +105,17 @@ class Run:
 
 @dataclass(frozen=True)
 class DeviceData:
-    """The training split (and the validation split, when it has samples) on the run's device."""
+    """The training split (and the validation split, when it has samples) on the run's device, as
+    stored: images stay uint8 there and each batch is decoded when it is drawn."""
 
-    x: Tensor
-    y: Tensor
-    val: tuple[Tensor, Tensor] | None
+    train: Split
+    val: Split | None
 
     @classmethod
     def of(cls, data: Any, device: torch.device) -> DeviceData:
         val = getattr(data, "val", None)
-        val = (val.x.to(device), val.y.to(device)) if val is not None and len(val.y) > 0 else None
-        return cls(data.train.x.to(device), data.train.y.to(device), val)
+        val = as_split(val).to(device) if val is not None and len(val.y) > 0 else None
+        return cls(as_split(data.train).to(device), val)
 
 
 def fit(
@@ -191,7 +192,7 @@ def fit(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     data = DeviceData.of(data, device)
-    check_data_fits_model(model, data.x, data.y, options.loss)
+    check_data_fits_model(model, data.train.stored, data.train.y, options.loss, decode=data.train.features)
     warn_if_penalties_break_self_normalization(model, options.l1, options.l2)
     run, context, bar = start(model, optimizer, scheduler, callbacks, device, options, data, progress)
     decision, path = choose(context)
@@ -239,13 +240,13 @@ def start(
         callbacks.append(bar)
     run = Run(
         model, optimizer, scheduler, callbacks, device, options,
-        options.steps_per_epoch(len(data.x), drop_last=parallel),
+        options.steps_per_epoch(len(data.train), drop_last=parallel),
         torch.Generator(device=device).manual_seed(options.seed), Metrics(device),
     )  # fmt: skip
     forward = (
         distributed.wrap(model, device) if parallel else torch.compile(model) if options.compile else None
     )
-    sample = (data.x[: options.batch_size], data.y[: options.batch_size])
+    sample = data.train[: options.batch_size]
     context = StepContext(
         model, optimizer, scheduler, run.metrics, options, device, sample, parallel, forward
     )
@@ -306,11 +307,12 @@ def train_epochs(run: Run, step: BuiltStep, data: DeviceData, guard: EpochGuard)
         with step.user_view():
             epoch_start = guard.snapshot(run)
         started = time.perf_counter()
-        logs, first_nonfinite = train_epoch(run, step, data.x, data.y, run.options.batch_size)
+        logs, first_nonfinite = train_epoch(run, step, data.train, run.options.batch_size)
         with step.user_view():
             guard.check(run, first_nonfinite, epoch_start)
         if data.val is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate(run.model, *data.val, run.options.loss).items()})
+            val = evaluate(run.model, data.val.stored, data.val.y, run.options.loss, decode=data.val.features)
+            logs.update({f"val_{k}": v for k, v in val.items()})
         end_epoch(run, logs, started)
         if guard.saves:
             with step.user_view():
@@ -321,25 +323,24 @@ def train_epochs(run: Run, step: BuiltStep, data: DeviceData, guard: EpochGuard)
         callback.on_train_end(run)
 
 
-def epoch_batches(run: Run, x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """The epoch's batches from `run.position` on, in the order its shuffling state gives.
+def epoch_batches(run: Run, split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The epoch's batches from `run.position` on, in the order its shuffling state gives, as
+    features (stored pixels decoded batch by batch).
 
     Data-parallel, each process gets its shard of every full global batch.
     """
     if run.position == 0:
         run.epoch_shuffle = run.shuffle.get_state()
     run.shuffle.set_state(run.epoch_shuffle)
-    order = torch.randperm(len(x), generator=run.shuffle, device=run.shuffle.device)
+    order = torch.randperm(len(split), generator=run.shuffle, device=run.shuffle.device)
     parallel = distributed.active()
-    end = len(x) - len(x) % batch_size if parallel else len(x)
+    end = len(split) - len(split) % batch_size if parallel else len(split)
     for start in range(run.position * batch_size, end, batch_size):
-        index = order[start : start + batch_size]
-        yield distributed.shard(x[index], y[index]) if parallel else (x[index], y[index])
+        batch = split[order[start : start + batch_size]]
+        yield distributed.shard(*batch) if parallel else batch
 
 
-def train_epoch(
-    run: Run, step: BuiltStep, x: Tensor, y: Tensor, batch_size: int
-) -> tuple[dict[str, float], int]:
+def train_epoch(run: Run, step: BuiltStep, split: Split, batch_size: int) -> tuple[dict[str, float], int]:
     """Train from `run.position` to the end of the epoch (or to a Ctrl-C).
 
     Returns the epoch's mean loss and accuracy, and the first step whose loss was non-finite (-1).
@@ -350,7 +351,7 @@ def train_epoch(
     per_step = run.scheduler is not None and not isinstance(run.scheduler, ReduceLROnPlateau)
     # only callbacks that may hook into a step are asked, every step, whether they will
     watchers = [c for c in run.callbacks if type(c).needs_eager_step is not Callback.needs_eager_step]
-    for xb, yb in epoch_batches(run, x, y, batch_size):
+    for xb, yb in epoch_batches(run, split, batch_size):
         eager = any(callback.needs_eager_step(run) for callback in watchers)
         for callback in run.callbacks:
             callback.on_step_begin(run)
@@ -374,7 +375,7 @@ def replay_to_first_bad_step(
     """Train with a step that refuses non-finite updates until it refuses one; return that step."""
     run.model.train()
     per_step = run.scheduler is not None and not isinstance(run.scheduler, ReduceLROnPlateau)
-    for xb, yb in epoch_batches(run, data.x, data.y, batch_size):
+    for xb, yb in epoch_batches(run, data.train, batch_size):
         checked(xb, yb)
         if distributed.any_process(int(checks.skipped) > 0):  # data-parallel: all stop together
             return run.step, xb, yb

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradwell.data import Split
 from gradwell.errors import DataError, unknown_name
 
 Loss = Callable[[Tensor, Tensor], Tensor]
@@ -43,12 +44,17 @@ def resolve_loss(loss: str | Loss) -> Loss:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, loss: str | Loss = "cross_entropy", batch_size: int = 1024
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss: str | Loss = "cross_entropy",
+    batch_size: int = 1024,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """Mean loss (and accuracy for classification) of `model` on (x, y), in eval mode.
 
     The sums are kept in float64 on the device and read once. The model's training mode is
-    restored afterwards.
+    restored afterwards. `decode` turns each batch of stored samples (uint8 pixels) into features.
 
     >>> model = nn.Linear(4, 3)
     >>> metrics = evaluate(model, torch.randn(10, 4), torch.randint(0, 3, (10,)))
@@ -63,7 +69,7 @@ def evaluate(
         correct = torch.zeros((), device=x.device, dtype=torch.int64)
         for start in range(0, len(x), batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            out = model(xb)
+            out = model(xb if decode is None else decode(xb))
             total += loss_fn(out, yb).double() * len(xb)
             if loss in CLASSIFICATION:
                 correct += (out.argmax(-1) == yb).sum()
@@ -85,12 +91,21 @@ def evaluate_split(model: nn.Module, split: Any, loss: str | Loss = "cross_entro
     """
     if len(split.y) == 0:
         return {}
-    device = next(model.parameters()).device
-    return evaluate(model, split.x.to(device), split.y.to(device), loss)
+    split = as_split(split).to(next(model.parameters()).device)
+    return evaluate(model, split.stored, split.y, loss, decode=split.features)
 
 
-def check_data_fits_model(model: nn.Module, x: Tensor, y: Tensor, loss: str | Loss) -> None:
+def as_split(split: Any) -> Split:
+    """A gradwell Split as it is (stored pixels stay bytes), anything else with x and y as one."""
+    return split if isinstance(split, Split) else Split(split.x, split.y)
+
+
+def check_data_fits_model(
+    model: nn.Module, x: Tensor, y: Tensor, loss: str | Loss, decode: Callable[[Tensor], Tensor] | None = None
+) -> None:
     """Fail before training when the data cannot go through the model, naming both shapes.
+
+    `x` may be stored samples (uint8 pixels, always finite) that `decode` makes features.
 
     >>> check_data_fits_model(nn.Linear(4, 3), torch.randn(8, 5), torch.zeros(8, dtype=torch.long), "mse")
     Traceback (most recent call last):
@@ -105,7 +120,7 @@ def check_data_fits_model(model: nn.Module, x: Tensor, y: Tensor, loss: str | Lo
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[0])
         raise DataError(f"training sample {bad} holds a non-finite value (NaN or infinity)")
-    output = sample_output(model, x)
+    output = sample_output(model, x[:2] if decode is None else decode(x[:2]))
     if loss in ELEMENTWISE and (y.shape[1:] != output.shape[1:] or not y.is_floating_point()):
         raise DataError(
             f"loss {loss!r} compares each output with a float target of the same shape: the model "
