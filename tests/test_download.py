@@ -4,7 +4,6 @@ The server (127.0.0.1, a thread) serves tiny files in the real formats (gzipped 
 binary tar.gz), and REGISTRY is replaced by one whose sizes and SHA-256 match them.
 """
 
-import gzip
 import hashlib
 import http.server
 import io
@@ -20,6 +19,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from standins import IDX_FILES, idx_files, registry_entry
 
 from gradwell import cli
 from gradwell.data import download, load
@@ -28,21 +28,13 @@ from gradwell.errors import DataError
 # the test registry serves over http: the warning that gives is tested once, and silenced elsewhere
 pytestmark = pytest.mark.filterwarnings("ignore:data mirror http:UserWarning")
 PUBLISHED = dict(download.REGISTRY)  # the real registry, before any test replaces it
-IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-             "t10k-labels-idx1-ubyte.gz")  # fmt: skip
-
-
-def idx(values: np.ndarray) -> bytes:
-    """`values` (unsigned bytes) as a gzipped IDX file."""
-    header = bytes([0, 0, 0x08, values.ndim]) + b"".join(d.to_bytes(4, "big") for d in values.shape)
-    return gzip.compress(header + values.astype(np.uint8).tobytes(), mtime=0)
 
 
 def idx_set(train: int = 60, test: int = 20) -> dict[str, bytes]:
+    """Random pixels, labels 0, 1, ..., 9, 0, ... in order (the tests read them back)."""
     rng = np.random.default_rng(0)
-    images = {n: rng.integers(0, 256, (n, 28, 28)) for n in (train, test)}
-    files = [idx(images[train]), idx(np.arange(train) % 10), idx(images[test]), idx(np.arange(test) % 10)]
-    return dict(zip(IDX_FILES, files, strict=True))
+    train_x, test_x = rng.integers(0, 256, (train, 28, 28)), rng.integers(0, 256, (test, 28, 28))
+    return idx_files(train_x, np.arange(train) % 10, test_x, np.arange(test) % 10)
 
 
 def cifar_records(n: int, first: int) -> bytes:
@@ -120,12 +112,7 @@ def server():
 
 def registry(base: str) -> dict[str, download.Published]:
     """A registry of the test files, served under `base`/<data set>/."""
-    return {
-        name: download.Published(
-            f"{base}/{name}/", {f: (len(b), hashlib.sha256(b).hexdigest()) for f, b in files.items()}
-        )
-        for name, files in FILES.items()
-    }
+    return {name: registry_entry(f"{base}/{name}/", files) for name, files in FILES.items()}
 
 
 @pytest.fixture
