@@ -609,6 +609,22 @@ def test_pixels_stay_bytes_and_decode_to_exactly_pixel_over_255():
     assert data.train.select(index).stored.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_rows_gathered_in_place_equal_a_copy(monkeypatch, seed):
+    from gradwell.data import splits
+
+    monkeypatch.setattr(splits, "BLOCK", 3)  # many blocks, and a short last one
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (40, 2, 2), np.uint8)
+    rows = np.sort(rng.choice(40, size=int(rng.integers(1, 40)), replace=False))
+    expected, owned = x[rows], x.copy()
+    gathered = splits.gather_rows(owned, rows)
+    assert np.array_equal(gathered, expected) and np.shares_memory(gathered, owned)
+    read_only = x.copy()
+    read_only.flags.writeable = False  # e.g. np.frombuffer of a file's bytes: copied, untouched
+    assert np.array_equal(splits.gather_rows(read_only, rows), expected) and np.array_equal(read_only, x)
+
+
 def float_copy(data):
     """The same dataset with its features decoded once, as float32 (the way they were held before)."""
     splits = {key: Split(getattr(data, key).x, getattr(data, key).y) for key in ("train", "val", "test")}
@@ -648,12 +664,13 @@ def test_per_feature_standardization_of_pixels_equals_the_float_path():
 def test_standardization_statistics_do_not_depend_on_the_chunk(monkeypatch):
     from gradwell.data import scaling
 
-    data = synthetic(np.random.default_rng(3), shape=(2, 3), n=(101, 5, 5))
+    data = synthetic(np.random.default_rng(3), shape=(2, 3, 4), n=(101, 5, 5))  # float (C, H, W)
     whole = standardize(data, per="channel")[1]
     monkeypatch.setattr(scaling, "CHUNK", 7)
     chunked = standardize(data, per="channel")[1]
     assert rel_error(chunked.mean, whole.mean) < 1e-6 and rel_error(chunked.std, whole.std) < 1e-6
-    assert rel_error(whole.std, data.train.x.double().numpy().std(axis=(0, 1, 2))) < 1e-6
+    reference = data.train.x.double().numpy().std(axis=(0, 2, 3), keepdims=True)[0]
+    assert whole.std.shape == (2, 1, 1) and rel_error(whole.std, reference) < 1e-6
 
 
 def test_training_on_pixels_equals_training_on_their_float_copy():

@@ -44,9 +44,11 @@ def cifar_records(n: int, first: int) -> bytes:
     return np.array(records, np.uint8).tobytes()
 
 
-def cifar_archive() -> bytes:
-    members = {f"data_batch_{i}.bin": cifar_records(4, 4 * (i - 1)) for i in range(1, 6)}
-    members |= {"test_batch.bin": cifar_records(10, 0), "batches.meta.txt": b"airplane\n..."}
+CIFAR_MEMBERS = {f"data_batch_{i}.bin": cifar_records(4, 4 * (i - 1)) for i in range(1, 6)}
+CIFAR_MEMBERS |= {"test_batch.bin": cifar_records(10, 0), "batches.meta.txt": b"airplane\n..."}
+
+
+def cifar_archive(members: dict[str, bytes] = CIFAR_MEMBERS) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for name, data in members.items():
@@ -318,6 +320,24 @@ def test_cifar10_is_read_from_the_binary_archive_channels_first(cache):
     )
     assert torch.equal(first[2].flatten(), torch.arange(1024).remainder(256).float() / 255)
     assert data.test.y.tolist() == list(range(10)) and data.class_names[-1] == "truck"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data_batch_3.bin": None}, "lacks cifar-10-batches-bin/data_batch_3.bin: not CIFAR-10's binary"),
+        ({"test_batch.bin": bytes(3072)}, "test_batch.bin has 3072 bytes, not whole 3073-byte records"),
+    ],
+)
+def test_an_archive_unlike_cifars_binary_version_is_refused(cache, monkeypatch, change, message):
+    members = {name: data for name, data in {**CIFAR_MEMBERS, **change}.items() if data is not None}
+    archive = cifar_archive(members)
+    (cache / "cifar10").mkdir(parents=True)
+    (cache / "cifar10" / "cifar-10-binary.tar.gz").write_bytes(archive)
+    entry = registry_entry("https://unused.invalid/", {"cifar-10-binary.tar.gz": archive})
+    monkeypatch.setitem(download.REGISTRY, "cifar10", entry)
+    with pytest.raises(DataError, match=re.escape(message)):
+        load("cifar10")
 
 
 def test_gradwell_trains_on_a_downloaded_set(cache, server, tmp_path, monkeypatch, capsys):

@@ -69,6 +69,27 @@ def moments(split: Split, axes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     return mean[0], (squares / count)[0]
 
 
+def pixel_channel_moments(split: Split) -> tuple[Tensor, Tensor] | None:
+    """Per-channel mean and variance of uint8 pixels under a scalar decoding, exactly, from each
+    channel's counts of the 256 values (on CIFAR-10 several times faster than the float64
+    passes); None for any other split."""
+    decode, shape = split.decode, split.feature_shape
+    if split.stored.dtype != torch.uint8 or decode is None or decode.center.dim() or decode.spread.dim():
+        return None
+    channels = shape[0] if len(shape) == 3 else 1
+    stored = split.stored.reshape(len(split), channels, -1)
+    counts = torch.zeros(channels, 256, dtype=torch.float64, device=stored.device)
+    for start in range(0, len(split), CHUNK):
+        for channel in range(channels):
+            counts[channel] += torch.bincount(stored[start : start + CHUNK, channel].flatten(), minlength=256)
+    values = (torch.arange(256, dtype=torch.float64, device=stored.device) - decode.center) / decode.spread
+    total = counts.sum(1, keepdim=True)
+    mean = (counts * values).sum(1, keepdim=True) / total
+    var = (counts * (values - mean).square()).sum(1, keepdim=True) / total
+    kept = (channels, 1, 1) if len(shape) == 3 else (1,) * len(shape)
+    return mean.reshape(kept), var.reshape(kept)
+
+
 def fit_standardization(split: Split | Tensor, per: str = "feature") -> Standardization:
     """Mean and population std (ddof 0, as scikit-learn's StandardScaler) of a split's features,
     per feature (shape: the feature shape) or per channel ((C, 1, 1) for (C, H, W) images, one
@@ -90,7 +111,9 @@ def fit_standardization(split: Split | Tensor, per: str = "feature") -> Standard
     tensor([0., 1.])
     """
     split = split if isinstance(split, Split) else Split(split, torch.zeros(len(split)))
-    mean, var = moments(split, reduced_axes(split.feature_shape, per))
+    axes = reduced_axes(split.feature_shape, per)
+    exact = pixel_channel_moments(split) if per == "channel" else None
+    mean, var = exact if exact is not None else moments(split, axes)
     std = var.sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))
     return Standardization(mean.float(), std.float())

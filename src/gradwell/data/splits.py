@@ -32,13 +32,31 @@ class Source:
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
+BLOCK = 4096  # rows moved at a time when rows are gathered in place
+
+
+def gather_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x[rows] for increasing `rows`. When `x` owns its writable memory (a loader's fresh array) the
+    rows are moved to its front in place and a view returned, so CIFAR-10's training images are
+    not held twice while the validation split is carved: each destination block lies before
+    every row a later block reads (rows[j] >= j), and each block is gathered before it is written."""
+    if not (x.flags.owndata and x.flags.writeable):
+        return x[rows]
+    for start in range(0, len(rows), BLOCK):
+        block = rows[start : start + BLOCK]
+        x[start : start + len(block)] = x[block]
+    return x[: len(rows)]
+
+
 def carve(arrays: Arrays, fraction: float, rng: np.random.Generator) -> tuple[Arrays, Arrays]:
-    """(rest, carved): round(n * fraction) samples drawn at random, both parts in their original order."""
+    """(rest, carved): round(n * fraction) samples drawn at random, both parts in their original
+    order; `arrays` are consumed (the rest may reuse their memory)."""
     x, y = arrays
     order = rng.permutation(len(y))
     taken = round(len(y) * fraction)
     carved, rest = np.sort(order[:taken]), np.sort(order[taken:])
-    return (x[rest], y[rest]), (x[carved], y[carved])
+    carved_part = (x[carved], y[carved])
+    return (gather_rows(x, rest), y[rest]), carved_part
 
 
 def to_split(arrays: Arrays, pixels: bool) -> Split:
