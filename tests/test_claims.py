@@ -5,21 +5,29 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from conftest import gradwell
 
-from gradwell.errors import GradwellError
+from gradwell.cli import main
+from gradwell.config import Config
+from gradwell.data import Dataset, Split
+from gradwell.errors import DataError, GradwellError
 from gradwell.experiment.claims import (
     CLAIMS,
     FAILS,
     HOLDS,
     INCONCLUSIVE,
     SCALES,
+    Claim,
     Part,
+    catalogue,
     combine,
     find,
     judge,
     run_claims,
+    trials,
 )
+from gradwell.experiment.claims.catalogue import failed_score, run_claim
 from gradwell.experiment.stats import paired
 
 VERDICTS = {HOLDS, FAILS, INCONCLUSIVE}
@@ -90,6 +98,76 @@ def test_every_claim_can_travel_to_a_worker_process():
             pickle.loads(pickle.dumps(arm))
         if claim.evaluate is not None:
             pickle.loads(pickle.dumps(claim.evaluate(SCALES["smoke"])))
+        for arm in claim.arms(SCALES["smoke"].on("digits")).values():  # a worker is told the data set
+            arrived = pickle.loads(pickle.dumps(arm))
+            scale = None if isinstance(arrived, Config) else arrived.keywords["scale"]
+            data = arrived.data if scale is None else trials.data_section(scale)
+            assert data == {"name": "digits", "train_samples": 432, "val_samples": 48}
+
+
+def test_claims_run_on_another_data_set_and_name_it():
+    seen = []
+    names = ["elu-faster", "pretraining"]
+    results = run_claims(names, scale="smoke", workers=0, data="digits", on_data=seen.append)
+    [data] = seen
+    assert [data[key] for key in ("name", "train", "val", "test", "classes")] == ["digits", 432, 48, 359, 10]
+    assert data["sampling"].startswith("training split subsampled to 432 of 1294")
+    for result in results:
+        claim = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+        check_schema(claim, SCALES["smoke"].seeds)
+        assert claim["data"] == data and all(r.ok for r in result.results.records), result.notes
+    elu = results[0].results  # its configs still train their seeds as one batched network
+    assert elu.paths == {"elu": "batched", "relu": "batched"}
+    assert elu.data == {"elu": "digits", "relu": "digits"}
+    pretraining = results[1].to_dict()  # claim 10, with the GAN arm reported beside the autoencoder
+    assert set(pretraining["configs"]) == {"autoencoder", "scratch", "gan"}
+    autoencoder, gan = pretraining["parts"]
+    assert autoencoder["judged"] and not gan["judged"] and gan["verdict"] in VERDICTS and gan["n"] == 3
+    assert gan["expected"] == "gan better than scratch on gan (reported, not in the verdict)"
+    assert pretraining["expected"] == "autoencoder better than scratch on autoencoder"
+    clipping = find(["clipping"])[0][1]
+    assert failed_score(clipping, SCALES["smoke"].on("digits")) == 0.1  # chance accuracy on 10 classes
+
+
+def test_a_claim_on_wide_inputs_trains_one_seed_at_a_time_and_says_why(tmp_path, caplog):
+    rng = np.random.default_rng(0)  # 4100 features: a first layer of 16 units outgrows seed batching
+    np.savez(tmp_path / "wide.npz", x=rng.normal(size=(150, 4100)).astype(np.float32), y=np.arange(150) % 2)
+    with caplog.at_level("INFO", logger="gradwell.experiment.claims.catalogue"):
+        [result] = run_claims(["elu-faster"], scale="smoke", workers=0, data=f"npz:{tmp_path / 'wide.npz'}")
+    reason = "a layer of 65600 weights (batching pays up to 65536)"
+    assert result.results.paths == {"elu": f"single ({reason})", "relu": f"single ({reason})"}
+    assert result.to_dict()["notes"] == [
+        f"elu: one seed at a time ({reason})",
+        f"relu: one seed at a time ({reason})",
+    ]
+    assert reason in caplog.text and all(r.ok for r in result.results.records)
+
+
+def test_a_part_left_out_of_the_verdict_is_reported_only():
+    def arm(seed):  # c beats a on every seed: "a better than c" does not hold
+        return {"extra": {"a": 0.9 + 0.01 * seed, "b": 0.5 + 0.02 * seed, "c": 0.99 + 0.03 * seed}}
+
+    parts = (
+        Part("t", "t", "better", "a", metric_b="b", names=("a", "b")),
+        Part("t", "t", "better", "a", metric_b="c", names=("a", "c"), judged=False),
+    )
+    claim = Claim("toy", "a beats b", "one arm, three scores", lambda scale: {"t": arm}, parts)
+    result = run_claim(1, claim, SCALES["smoke"], workers=0)
+    assert [verdict for _, _, verdict in result.parts] == [HOLDS, FAILS] and result.verdict == HOLDS
+
+
+def test_a_data_set_a_claim_cannot_use_is_refused_before_anything_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(catalogue, "run_claim", lambda *args: pytest.fail("a claim ran"))
+    assert main(["claims", "--smoke", "--data", "mnst1d", "--workers", "0"]) == 2
+    assert "unknown dataset 'mnst1d' (did you mean 'mnist1d'?); valid: mnist1d" in capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "three.npz", x=rng.normal(size=(300, 4)).astype(np.float32), y=np.arange(300) % 3)
+    refused = r"claim 9 \(transfer\) needs at least 10 classes .* has 3; .*--only 7"
+    with pytest.raises(DataError, match=refused):
+        run_claims(["transfer", "momentum"], scale="smoke", workers=0, data=f"npz:{tmp_path / 'three.npz'}")
+    few = Split(torch.zeros(40, 4), torch.arange(40) % 2)
+    problem = trials.pretraining_needs(Dataset(few, few, few, 2, "few"), SCALES["smoke"])
+    assert problem == "labels 40 training samples of many; few has 40 in all, so none would be left unlabeled"
 
 
 @pytest.fixture

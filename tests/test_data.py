@@ -753,3 +753,19 @@ def test_split_by_classes_limits_task_b_training(digits):
 def test_split_by_classes_errors(digits, a, b, options, message):
     with pytest.raises(DataError, match=message):
         split_by_classes(digits, a, b, **options)
+
+
+def test_a_config_keeps_a_fixed_draw_of_its_training_and_validation_samples():
+    from gradwell import build
+    from gradwell import config as configs
+
+    def loaded(**data):
+        return build.load_data(configs.from_dict({"data": {"name": "digits", **data}}))
+
+    whole, small = loaded(), loaded(train_samples=100, val_samples=10**6)
+    assert (len(small.train), len(small.val), len(small.test)) == (100, len(whole.val), len(whole.test))
+    kept = [int(i) for i in torch.cdist(small.train.x, whole.train.x).argmin(1)]
+    assert kept == sorted(kept) and torch.equal(small.train.y, whole.train.y[kept])  # in their order
+    assert torch.equal(loaded(train_samples=100).train.x, small.train.x)  # the same draw every time
+    with pytest.raises(DataError, match="train_samples must be an integer >= 1; got 0"):
+        loaded(train_samples=0)

@@ -352,3 +352,14 @@ def test_gradwell_trains_on_a_downloaded_set(cache, server, tmp_path, monkeypatc
     assert cli.main(["datasets"]) == 0
     listing = " ".join(capsys.readouterr().out.split())
     assert "cached, verified" in listing and f"cache folder: {cache}" in listing
+
+
+def test_gradwell_trains_a_cnn_on_cifar10_images(cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    overrides = ["data.name=cifar10", "data.val_fraction=0.2", "model.kind=cnn", "model.channels=[4]",
+                 "model.batchnorm=none", "train.epochs=1", "train.batch_size=8", "output.name=c",
+                 "output.progress=false"]  # fmt: skip
+    assert cli.main(["train", *[a for o in overrides for a in ("--set", o)], "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["epochs"] == 1 and 0 <= result["test"]["accuracy"] <= 1
+    assert result["doctor"]["layers"][0]["name"] == "conv1"  # the doctor measured the convolution

@@ -6,9 +6,9 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from conftest import gradwell
 
 from gradwell import config as configs
+from gradwell.cli import main
 from gradwell.errors import GradwellError
 from gradwell.experiment import Results, RunRecord, run, workers, write_report
 from gradwell.experiment.execution import execute, train_single
@@ -160,7 +160,22 @@ def test_the_report_holds_every_run_and_the_pairs(tmp_path):
     assert "elu better than diverges" in report and "NonFiniteError" in report
 
 
-def test_compare_command_with_worker_processes(tmp_path):
+def test_compare_data_runs_every_config_on_the_data_set_named(tmp_path, monkeypatch, capsys):
+    mnist1d = '[data]\nname = "mnist1d"\nnum_samples = 123456\n[model]\nhidden = [8]\n'
+    (tmp_path / "a.toml").write_text(mnist1d)
+    command = ["compare", "a.toml", "a.toml", "--seeds", "2", "--workers", "0", "--set", "train.epochs=1"]
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--data", "mnst1d", "--out", "bad"]) == 2
+    assert "unknown dataset 'mnst1d'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*command, "--data", "digits", "--out", "cmp", "--json"]) == 0  # mnist1d's option dropped
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["data"] == {"a-1": "digits", "a-2": "digits"} and shown["configs"]["a-1"]["n"] == 2
+    assert Results.load(tmp_path / "cmp" / "results.json").data == shown["data"]
+    assert "2 seeds (0, 1), " in (report := (tmp_path / "cmp" / "report.md").read_text())
+    assert ", on digits." in report
+
+
+def test_compare_command_with_worker_processes(tmp_path, monkeypatch, capfd):
     for name, activation in (("relu", "relu"), ("tanh", "tanh")):
         model = {**TINY["model"], "activation": activation}
         text = "".join(
@@ -169,9 +184,11 @@ def test_compare_command_with_worker_processes(tmp_path):
         )
         (tmp_path / f"{name}.toml").write_text(text)
     command = ["relu.toml", "tanh.toml", "--seeds", "3", "--workers", "2", "--out", "cmp", "--json"]
-    done = gradwell("compare", *command, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    monkeypatch.chdir(tmp_path)  # the command in this process, its workers spawned as a user's are
+    status = main(["compare", *command])
+    done = capfd.readouterr()  # the workers' file descriptors too: their output must not reach the JSON
+    assert status == 0, done.err
+    out = json.loads(done.out)
     assert out["seeds"] == [0, 1, 2] and set(out["configs"]) == {"relu", "tanh"}
     assert out["configs"]["relu"]["n"] == 3 and out["configs"]["relu"]["path"] == "batched"
     assert out["pairs"][0]["a"] == "relu" and out["pairs"][0]["n"] == 3

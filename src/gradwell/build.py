@@ -65,9 +65,12 @@ def load_data(config: Config) -> datasets.Dataset:
     ``standardize`` is true (the default), false, "feature" or "channel". True picks per channel
     for a cnn and for (C, H, W) images, whose every position a convolution sees alike, and per
     feature otherwise (each input of an MLP at mean 0 and variance 1, as the chapter does).
+    ``train_samples`` and ``val_samples`` keep at most that many samples of those splits after
+    the standardization (``gradwell.data.subsample``: a fixed draw, the same for every seed).
     """
     options = dict(config.data)
     name = options.pop("name", "mnist1d")
+    limits = {key: options.pop(f"{key}_samples", None) for key in ("train", "val")}
     per = options.pop("standardize", True)
     if per not in (True, False, *datasets.PER) or not isinstance(per, bool | str):
         valid = ", ".join(map(repr, datasets.PER))
@@ -76,7 +79,8 @@ def load_data(config: Config) -> datasets.Dataset:
     if per is True:
         images = config.model.get("kind") == "cnn" or len(dataset.feature_shape) == 3
         per = "channel" if images else "feature"
-    return datasets.standardize(dataset, per)[0] if per else dataset
+    dataset = datasets.standardize(dataset, per)[0] if per else dataset
+    return datasets.subsample(dataset, **limits)
 
 
 def model_builder(config: Config) -> tuple[Any, dict[str, Any]]:

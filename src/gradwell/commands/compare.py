@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a value in every config, e.g. --set train.epochs=5",
     )
+    parser.add_argument(
+        "--data",
+        metavar="NAME",
+        help="train every config on this data set instead of its own (a name gradwell datasets lists: "
+        "digits, fashion_mnist, npz:PATH, ...), as --set data.name=NAME: the configs' other data options "
+        "are dropped; loaded and checked before anything trains",
+    )
     parser.add_argument("--workers", type=int, help="worker processes (default: one per core; 0: none)")
     parser.add_argument(
         "--ray",
@@ -68,7 +76,17 @@ def run(args: argparse.Namespace) -> int:
     names = [Path(path).stem for path in args.configs]
     if len(set(names)) < len(names):
         names = [f"{name}-{i}" for i, name in enumerate(names, 1)]
-    arms = {name: configs.load(path, args.set) for name, path in zip(names, args.configs, strict=True)}
+    overrides = list(args.set)
+    if args.data is not None:
+        if any(configs.names_a_section(o) and o.strip().startswith("data.") for o in overrides):
+            raise GradwellError("give the data set once: --data or --set data.name, not both")
+        overrides.insert(0, f"data.name={json.dumps(args.data)}")  # a TOML string: the name as given
+    arms = {name: configs.load(path, overrides) for name, path in zip(names, args.configs, strict=True)}
+    if args.data is not None:  # a bad name or file fails here, and a download happens once, not per worker
+        from gradwell.experiment.execution import dataset_of
+
+        for config in {json.dumps(c.data, sort_keys=True): c for c in arms.values()}.values():
+            dataset_of(config)
     if args.ray is None:
         results = run_experiment(arms, seeds=range(args.seeds), workers=args.workers)
     else:
@@ -81,9 +99,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
     comparison = write_report(results, out, args.metric)
     if args.json:
-        print_json(
-            {"run_dir": str(out), "seeds": results.seeds, "seconds": results.seconds, **comparison.to_dict()}
-        )
+        shown = {
+            "run_dir": str(out),
+            "seeds": results.seeds,
+            "seconds": results.seconds,
+            "data": results.data,
+        }
+        print_json({**shown, **comparison.to_dict()})
         return 0
     console.print(config_table(comparison, results))
     if comparison.pairs:
@@ -93,9 +115,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def config_table(comparison: Comparison, results: Results) -> Table:
-    from gradwell.experiment.report import interval, number
+    from gradwell.experiment.report import data_phrase, interval, number
 
-    table = Table(title=f"{comparison.metric} over {len(results.seeds)} seeds ({results.seconds:.0f} s)")
+    on = data_phrase(results).removeprefix(",")
+    title = f"{comparison.metric} over {len(results.seeds)} seeds{on} ({results.seconds:.0f} s)"
+    table = Table(title=title)
     for column in ("config", "path", "ok / failed", "mean ± std", "95% CI"):
         table.add_column(column)
     for label, s in comparison.summaries.items():

@@ -12,7 +12,7 @@ from gradwell.data.dataset import Affine, Dataset, Split
 from gradwell.data.idx import read_idx
 from gradwell.data.registry import DATASETS, describe, load
 from gradwell.data.scaling import PER, Standardization, fit_standardization, standardize
-from gradwell.data.splits import split_by_classes
+from gradwell.data.splits import split_by_classes, subsample
 
 __all__ = [
     "DATASETS",
@@ -27,4 +27,5 @@ __all__ = [
     "read_idx",
     "split_by_classes",
     "standardize",
+    "subsample",
 ]

@@ -97,6 +97,29 @@ def assemble(
     return Dataset(**splits, num_classes=k, name=name, class_names=names)
 
 
+SUBSAMPLE_SEED = 0  # fixed: every seed and arm of an experiment sees the same samples
+
+
+def subsample(dataset: Dataset, train: int | None = None, val: int | None = None) -> Dataset:
+    """`dataset` with at most `train` training and `val` validation samples (None: all), drawn
+    without replacement (``SUBSAMPLE_SEED``, not stratified), kept in their order and as stored.
+
+    >>> split = Split(torch.arange(10.0)[:, None], torch.arange(10) % 2)
+    >>> small = subsample(Dataset(split, split, split, 2, "toy"), train=4, val=20)
+    >>> len(small.train), len(small.val), small.train.x.flatten().tolist()
+    (4, 10, [1.0, 4.0, 5.0, 7.0])
+    """
+    splits = {}
+    for key, limit in (("train", train), ("val", val)):
+        if limit is None:
+            continue
+        whole = getattr(dataset, key)
+        if count(f"{key}_samples", limit, 1) < len(whole):
+            generator = torch.Generator().manual_seed(SUBSAMPLE_SEED)
+            splits[key] = whole.select(torch.randperm(len(whole), generator=generator)[:limit].sort().values)
+    return replace(dataset, **splits)
+
+
 def class_list(dataset: Dataset, name: str, classes: Sequence[int]) -> list[int]:
     chosen = [count(f"{name} entry", c, 0) for c in classes]
     unknown = [c for c in chosen if c >= dataset.num_classes]

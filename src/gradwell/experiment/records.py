@@ -107,6 +107,7 @@ class Results:
     records: list[RunRecord]
     paths: dict[str, str]  # label -> the path that trained it, with the reason when not batched
     seconds: float = 0.0
+    data: dict[str, str] = field(default_factory=dict)  # label -> its data set's name (configs only)
 
     def runs(self, label: str) -> list[RunRecord]:
         return sorted((r for r in self.records if r.label == label), key=lambda r: r.seed)
@@ -130,6 +131,7 @@ class Results:
             "seeds": self.seeds,
             "paths": self.paths,
             "seconds": self.seconds,
+            "data": self.data,
             "runs": [r.to_dict() for r in self.records],
         }
 
@@ -142,7 +144,7 @@ class Results:
         raw = json.loads(Path(path).read_text())
         fields = {f.name for f in dataclasses.fields(RunRecord)}
         records = [RunRecord(**{k: v for k, v in r.items() if k in fields}) for r in raw["runs"]]
-        return cls(raw["labels"], raw["seeds"], records, raw["paths"], raw["seconds"])
+        return cls(raw["labels"], raw["seeds"], records, raw["paths"], raw["seconds"], raw.get("data", {}))
 
 
 def failed(

@@ -92,13 +92,28 @@ def interval(ci: tuple[float, float] | None) -> str:
     return "-" if ci is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
+def data_phrase(results: Results) -> str:
+    """Which data the configs trained on, for a sentence: one data set, each config's, or none known.
+
+    >>> data_phrase(Results(["a", "b"], [0], [], {}, data={"a": "digits", "b": "digits"}))
+    ', on digits'
+    >>> data_phrase(Results(["a", "b"], [0], [], {}, data={"a": "mnist1d", "b": "digits"}))
+    ', on mnist1d (a), digits (b)'
+    """
+    names = set(results.data.values())
+    if len(names) == 1:
+        return f", on {names.pop()}"
+    return f", on {', '.join(f'{name} ({label})' for label, name in results.data.items())}" if names else ""
+
+
 def markdown(comparison: Comparison, results: Results) -> str:
     """The report's tables as markdown."""
     direction = "higher" if comparison.higher_is_better else "lower"
     lines = [
         f"# Comparison on {comparison.metric} ({direction} is better)",
         "",
-        f"{len(results.seeds)} seeds ({', '.join(map(str, results.seeds))}), {results.seconds:.1f} s.",
+        f"{len(results.seeds)} seeds ({', '.join(map(str, results.seeds))}), {results.seconds:.1f} s"
+        f"{data_phrase(results)}.",
         "",
         "| config | path | runs ok / failed | mean ± std | 95% CI |",
         "|---|---|---|---|---|",

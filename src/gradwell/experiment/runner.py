@@ -154,7 +154,13 @@ def run(
         records = [record for task in tasks for record in execute(task)]
     records.sort(key=lambda r: (list(arms).index(r.label), r.seed))
     paths = {label: resolved_path(paths[label], records, label) for label in arms}
-    return Results(list(arms), list(seeds), records, paths, time.perf_counter() - started)
+    data = {label: data_name(arm) for label, arm in arms.items() if isinstance(arm, Config)}
+    return Results(list(arms), list(seeds), records, paths, time.perf_counter() - started, data)
+
+
+def data_name(config: Config) -> str:
+    """The name of the data set a config trains on (gradwell.build.load_data's default: mnist1d)."""
+    return str(config.data.get("name", "mnist1d"))
 
 
 def resolved_path(planned: str, records: list[RunRecord], label: str) -> str:

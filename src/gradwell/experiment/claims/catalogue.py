@@ -3,26 +3,33 @@
 Each claim trains a few configs (its "arms", built by ``trials``) on the same seeds, then judges
 one or more paired comparisons ("parts", judged by ``verdicts``). Setups follow the chapter and
 were fixed before the results were seen; none is tuned until it "holds". They are described at
-the full scale (see ``trials.SCALES``).
+the full scale (see ``trials.SCALES``) and run on MNIST-1D unless told another data set
+(``run_claims(data=...)``, ``gradwell claims --data``); every result names the data it came from.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradwell.errors import unknown_name
+from gradwell.data import Dataset
+from gradwell.errors import DataError, unknown_name
 from gradwell.experiment.claims.trials import (
     SCALES,
     Scale,
+    data_record,
     mc_evaluate,
     mlp,
     normalization_evaluate,
+    pretraining_needs,
     pretraining_trial,
+    scale_dataset,
+    transfer_needs,
     transfer_trial,
 )
 from gradwell.experiment.claims.verdicts import Part, judge_parts, part_dict
@@ -31,6 +38,10 @@ from gradwell.experiment.records import Results
 from gradwell.experiment.runner import Arm, run
 from gradwell.experiment.stats import Paired, summarize
 from gradwell.experiment.workers import pool
+
+log = logging.getLogger(__name__)
+
+CHANCE = "chance"  # a failed run's score: chance accuracy, 1 / K on the data's K classes
 
 
 @dataclass(frozen=True)
@@ -50,8 +61,9 @@ class Claim:
     arms: Callable[[Scale], dict[str, Arm]]
     parts: tuple[Part, ...]
     combine: str = "all"  # "all" parts must hold, or "any" one of them
-    failed_value: float | None = None  # the score of a failed (diverged) run; None leaves it out
+    failed_value: float | str | None = None  # a failed (diverged) run's score, or CHANCE; None: left out
     evaluate: Callable[[Scale], Evaluate] | None = None
+    needs: Callable[[Dataset, Scale], str | None] | None = None  # why it cannot run on this data, or None
 
 
 @dataclass
@@ -84,6 +96,7 @@ class ClaimResult:
     results: Results
     seconds: float
     notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # trials.data_record: what it ran on
 
     def to_dict(self) -> dict[str, Any]:
         head, comparison, _ = self.parts[0]
@@ -93,7 +106,7 @@ class ClaimResult:
             "statement": self.claim.statement,
             "setup": self.claim.setup,
             "verdict": self.verdict,
-            "expected": "; ".join(part.describe() for part, _, _ in self.parts),
+            "expected": "; ".join(part.describe() for part, _, _ in self.parts if part.judged),
             "metric": head.metric,
             "higher_is_better": comparison.higher_is_better,
             "n_seeds": len(self.results.seeds),
@@ -103,6 +116,7 @@ class ClaimResult:
             "parts": [part_dict(part, comparison, verdict) for part, comparison, verdict in self.parts],
             "paths": self.results.paths,
             "scale": self.scale.name,
+            "data": self.data or {"name": self.scale.data},
             "seconds": self.seconds,
             "notes": self.notes,
         }
@@ -117,7 +131,7 @@ class ClaimResult:
             metrics = (part.metric, part.metric_b or part.metric)
             for label, name, metric in zip((part.a, part.b), part.labels, metrics, strict=True):
                 key = name if out.get(name, {}).get("metric", metric) == metric else f"{name} ({metric})"
-                values = self.results.values(label, metric, self.claim.failed_value)
+                values = self.results.values(label, metric, failed_score(self.claim, self.scale))
                 summary = {**summarize(values).to_dict(), "metric": metric}
                 out.setdefault(key, {**summary, "failed": len(self.results.failed(label))})
         return out
@@ -130,7 +144,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "he-init",
         "He initialization trains deep ReLU nets where Glorot stalls",
-        "MNIST-1D, 30x100 ReLU MLP, SGD momentum 0.9 lr 0.01, 10 epochs; He normal vs Glorot uniform",
+        "30x100 ReLU MLP, SGD momentum 0.9 lr 0.01, 10 epochs; He normal vs Glorot uniform",
         lambda s: {
             "he": mlp(s, depth=30, epochs=10, init="he_normal"),
             "glorot": mlp(s, depth=30, epochs=10, init="glorot_uniform"),
@@ -140,7 +154,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "leaky-relu",
         "leaky ReLU (alpha 0.2) beats alpha 0.01, which beats ReLU",
-        "MNIST-1D, 10x100 MLP with He init (leaky gain), SGD momentum 0.9 lr 0.01, 10 epochs",
+        "10x100 MLP with He init (leaky gain), SGD momentum 0.9 lr 0.01, 10 epochs",
         lambda s: {
             "leaky_0.2": mlp(
                 s, depth=10, epochs=10, activation="leaky_relu", activation_options={"alpha": 0.2}
@@ -155,7 +169,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "elu-faster",
         "ELU converges faster than ReLU",
-        "MNIST-1D, 10x100 MLP, He init, SGD momentum 0.9 lr 0.01; training loss after 3 epochs",
+        "10x100 MLP, He init, SGD momentum 0.9 lr 0.01; training loss after 3 epochs",
         lambda s: {
             "elu": mlp(s, depth=10, epochs=3, activation="elu"),
             "relu": mlp(s, depth=10, epochs=3, activation="relu"),
@@ -165,7 +179,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "selu",
         "a deep SELU MLP self-normalizes and beats the same ReLU MLP",
-        "MNIST-1D, the chapter's 100x100 MLP, SGD momentum 0.9 lr 0.001, 5 epochs; SELU + LeCun normal "
+        "the chapter's 100x100 MLP, SGD momentum 0.9 lr 0.001, 5 epochs; SELU + LeCun normal "
         "vs ReLU + He normal, standardized inputs; self-normalization: the hidden layers' outputs on the "
         "test inputs after training, mean |mean| + |std - 1| over the layers",
         lambda s: {
@@ -179,7 +193,7 @@ CLAIMS: tuple[Claim, ...] = (
         "batchnorm",
         "batch normalization lets a deep sigmoid network train; before vs after the activation makes "
         "little difference",
-        "MNIST-1D, 20x100 sigmoid MLP, Glorot init, SGD momentum 0.9 lr 0.01, 10 epochs; no BN, BN before "
+        "20x100 sigmoid MLP, Glorot init, SGD momentum 0.9 lr 0.01, 10 epochs; no BN, BN before "
         "and BN after the activation; 'little difference': within 2 accuracy points",
         lambda s: {
             "bn_before": mlp(s, depth=20, epochs=10, activation="sigmoid", batchnorm="before"),
@@ -195,20 +209,20 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "clipping",
         "gradient clipping rescues training at a learning rate where it diverges without",
-        "MNIST-1D, 10x100 ReLU MLP, He init, SGD momentum 0.9 at lr 0.5 (where a premise check saw the "
-        "unclipped loss turn non-finite in epoch 1 for 3 seeds of 3), 10 epochs; global_clipnorm 1.0 vs "
-        "none; a diverged run scores chance accuracy (0.1)",
+        "10x100 ReLU MLP, He init, SGD momentum 0.9 at lr 0.5 (where a premise check on MNIST-1D saw "
+        "the unclipped loss turn non-finite in epoch 1 for 3 seeds of 3), 10 epochs; global_clipnorm 1.0 "
+        "vs none; a diverged run scores chance accuracy (1/K for K classes: 0.1 on MNIST-1D)",
         lambda s: {
             "clipped": mlp(s, depth=10, epochs=10, lr=0.5, optimizer_options={"global_clipnorm": 1.0}),
             "unclipped": mlp(s, depth=10, epochs=10, lr=0.5),
         },
         (Part("clipped", "unclipped", "better", ACCURACY),),
-        failed_value=0.1,
+        failed_value=CHANCE,
     ),
     Claim(
         "momentum",
         "momentum beats plain gradient descent, and Nesterov is at least as fast",
-        "MNIST-1D, 10x100 ReLU MLP, He init, lr 0.01, 5 epochs; SGD vs momentum 0.9 vs Nesterov 0.9; "
+        "10x100 ReLU MLP, He init, lr 0.01, 5 epochs; SGD vs momentum 0.9 vs Nesterov 0.9; "
         "training loss; 'at least as fast': within 0.02 nats",
         lambda s: {
             "nesterov": mlp(s, depth=10, epochs=5, optimizer="nesterov"),
@@ -223,7 +237,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "adagrad",
         "AdaGrad stops too early on a deep network where RMSProp keeps going",
-        "MNIST-1D, 20x100 ReLU MLP, He init, 20 epochs at Keras's lr 0.001 for both; training loss",
+        "20x100 ReLU MLP, He init, 20 epochs at Keras's lr 0.001 for both; training loss",
         lambda s: {
             "rmsprop": mlp(s, depth=20, epochs=20, optimizer="rmsprop", lr=0.001),
             "adagrad": mlp(s, depth=20, epochs=20, optimizer="adagrad", lr=0.001),
@@ -233,10 +247,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "transfer",
         "transfer learning with small dense networks gives no reliable gain (the case study)",
-        "MNIST-1D, model A: 3x100 ELU MLP, Nadam lr 0.002, 20 epochs on classes 0-7; task B: classes 8 vs 9 "
-        "with 200 labels; B on A: A's hidden layers reused, frozen 4 epochs, fine-tuned 16 at lr 0.0001 "
-        "(Nadam, lr 0.001 before); B from scratch: A's architecture, 20 epochs; test accuracy on B; "
-        "'reliable gain': more than 2 points",
+        "model A: 3x100 ELU MLP, Nadam lr 0.002, 20 epochs on classes 0-7; task B: the other classes "
+        "(8 vs 9 on 10) with 200 labels; B on A: A's hidden layers reused, frozen 4 epochs, fine-tuned 16 "
+        "at lr 0.0001 (Nadam, lr 0.001 before); B from scratch: A's architecture, 20 epochs; test accuracy "
+        "on B; 'reliable gain': more than 2 points",
         lambda s: {"case_study": functools.partial(transfer_trial, scale=s)},
         (
             Part(
@@ -249,31 +263,51 @@ CLAIMS: tuple[Claim, ...] = (
                 names=("b_on_a", "b_scratch"),
             ),
         ),
+        needs=transfer_needs,
     ),
     Claim(
         "pretraining",
         "unsupervised pretraining helps when labels are scarce",
-        "MNIST-1D, 3x100 ELU MLP, 200 labeled training samples (drawn per seed) out of 3600; scratch: Nadam "
-        "lr 0.001, 30 epochs; pretrained: an autoencoder (Adam, 10 epochs) on all 3600 training inputs, "
-        "then a new head trained 5 epochs on the frozen encoder and everything 25 more, same optimizer and "
-        "rate; test accuracy on all 10 classes",
+        "3x100 ELU MLP, 200 labeled training samples (drawn per seed) out of the training split (3600 "
+        "on MNIST-1D); scratch: Nadam lr 0.001, 30 epochs; autoencoder: its hidden layers pretrained as an "
+        "autoencoder's encoder (Adam, 10 epochs) on every training input, then a new head trained 5 epochs "
+        "on the frozen encoder and everything 25 more, same optimizer and rate; gan (reported, not in the "
+        "verdict): the same hidden layers pretrained as a GAN discriminator's lower layers (Adam lr 2e-4, "
+        "beta1 0.5, 10 epochs), then the same fine-tuning; the same initial weights in every arm; test "
+        "accuracy on every class",
         lambda s: {"pretraining": functools.partial(pretraining_trial, scale=s)},
         (
             Part(
                 "pretraining",
                 "pretraining",
                 "better",
-                "pretrained",
+                "autoencoder",
                 metric_b="scratch",
-                names=("pretrained", "scratch"),
+                names=("autoencoder", "scratch"),
+            ),
+            # The chapter's other unsupervised pretraining, reported with its interval but left out of
+            # the verdict: the claim was fixed, with its autoencoder, before any result was seen, and
+            # the GAN arm joined after benchmarks/bench_gan_pretraining.py had measured it on these
+            # seeds. Letting it in ("any" of the two) would move the claim's rule after seeing the data
+            # and add a second chance to hold; requiring it too ("all") would judge the autoencoder
+            # claim by an arm it does not state.
+            Part(
+                "pretraining",
+                "pretraining",
+                "better",
+                "gan",
+                metric_b="scratch",
+                names=("gan", "scratch"),
+                judged=False,
             ),
         ),
+        needs=pretraining_needs,
     ),
     Claim(
         "smooth-activations",
         "Swish, GELU and Mish match or beat ReLU on a harder task",
-        "MNIST-1D (harder than digits), 10x100 MLP, He init, SGD momentum 0.9 lr 0.01, 15 epochs; "
-        "'match': within 1 accuracy point",
+        "10x100 MLP, He init, SGD momentum 0.9 lr 0.01, 15 epochs; 'match': within 1 accuracy point; "
+        "MNIST-1D is the harder task (than digits)",
         lambda s: {
             name: mlp(s, depth=10, epochs=15, activation=name) for name in ("swish", "gelu", "mish", "relu")
         },
@@ -282,7 +316,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "mc-dropout",
         "MC dropout improves accuracy or calibration a little",
-        "MNIST-1D, 3x256 ReLU MLP with dropout 0.2, SGD momentum 0.9 lr 0.01, 15 epochs; the same trained "
+        "3x256 ReLU MLP with dropout 0.2, SGD momentum 0.9 lr 0.01, 15 epochs; the same trained "
         "model predicting with dropout off vs the mean of 100 MC dropout samples; calibration: test NLL",
         lambda s: {"dropout": mlp(s, depth=3, width=256, epochs=15, dropout=0.2)},
         (
@@ -317,18 +351,64 @@ def find(names: Sequence[str] | None) -> list[tuple[int, Claim]]:
     return sorted(set(chosen), key=lambda item: item[0])
 
 
-def judge_claim(claim: Claim, results: Results) -> tuple[str, list[tuple[Part, Paired, str]]]:
+def judge_claim(
+    claim: Claim, results: Results, failed_value: float | None = None
+) -> tuple[str, list[tuple[Part, Paired, str]]]:
     """The claim's verdict from its runs, and each part's comparison and verdict."""
-    return judge_parts(claim.parts, claim.combine, results, claim.failed_value)
+    return judge_parts(claim.parts, claim.combine, results, failed_value)
 
 
-def run_claim(number: int, claim: Claim, scale: Scale, workers: int, executor=None) -> ClaimResult:
+def failed_score(claim: Claim, scale: Scale) -> float | None:
+    """The score of the claim's failed runs at `scale`: its failed_value, CHANCE read off the data."""
+    if claim.failed_value == CHANCE:
+        return 1 / scale_dataset(scale).num_classes
+    return claim.failed_value
+
+
+def check_data(chosen: Sequence[tuple[int, Claim]], scale: Scale) -> dict[str, Any]:
+    """Load the claims' data at `scale` (here, before anything trains: a bad name or file is a
+    DataError now, and a download happens once, not in every worker) and check that each chosen claim
+    can run on it; return ``trials.data_record``."""
+    dataset = scale_dataset(scale)
+    problems = {
+        number: f"claim {number} ({claim.name}) {problem}"
+        for number, claim in chosen
+        if claim.needs is not None and (problem := claim.needs(dataset, scale)) is not None
+    }
+    if problems:
+        others = [f"--only {number}" for number, _ in chosen if number not in problems]
+        hint = (
+            f"; leave it out (run the others: {' '.join(others)}) or choose another data set"
+            if others
+            else ""
+        )
+        raise DataError(f"cannot run on data set {scale.data!r}: {'; '.join(problems.values())}{hint}")
+    return data_record(scale)
+
+
+def fallbacks(results: Results) -> list[str]:
+    """The arms that trained one seed at a time (where seed batching did not apply), with the reason."""
+    return [
+        f"{label}: one seed at a time ({path.removeprefix('single (').removesuffix(')')})"
+        for label, path in results.paths.items()
+        if path.startswith("single (") or " / " in path
+    ]
+
+
+def run_claim(
+    number: int, claim: Claim, scale: Scale, workers: int, executor=None, data: dict[str, Any] | None = None
+) -> ClaimResult:
+    """Run one claim at `scale` (on ``scale.data``); `data` is its ``check_data`` record."""
     started = time.perf_counter()
     evaluate = claim.evaluate(scale) if claim.evaluate is not None else None
     results = run(claim.arms(scale), range(scale.seeds), workers, evaluate=evaluate, executor=executor)
-    verdict, parts = judge_claim(claim, results)
+    verdict, parts = judge_claim(claim, results, failed_score(claim, scale))
     notes = [f"{r.label} seed {r.seed} failed: {r.error}" for r in results.records if not r.ok]
-    return ClaimResult(number, claim, scale, verdict, parts, results, time.perf_counter() - started, notes)
+    for note in fallbacks(results):
+        log.info("claim %d (%s) on %s: %s", number, claim.name, scale.data, note)
+        notes.append(note)
+    seconds = time.perf_counter() - started
+    return ClaimResult(number, claim, scale, verdict, parts, results, seconds, notes, data or {})
 
 
 def run_claims(
@@ -336,11 +416,16 @@ def run_claims(
     scale: str | Scale = "full",
     workers: int | None = None,
     on_result: Callable[[ClaimResult], None] | None = None,
+    data: str | None = None,
+    on_data: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[ClaimResult]:
     """Run the claims (all, or those named) at `scale`; `on_result` sees each as it finishes.
 
     One pool of worker processes serves every claim; ``workers=0`` runs in this process.
-    `names` are claims' names or numbers (``find``); `scale` a name of ``SCALES`` or a Scale.
+    `names` are claims' names or numbers (``find``); `scale` a name of ``SCALES`` or a Scale;
+    `data` a data set's name as ``gradwell.data.load`` takes it (None: the scale's, MNIST-1D), the
+    data loaded and checked against every chosen claim before anything trains (``check_data``;
+    `on_data` sees its record then).
     The whole suite takes minutes, so the example only chooses what would run:
 
     >>> [f"{number}. {claim.name}" for number, claim in find(["momentum", "1"])]
@@ -348,21 +433,28 @@ def run_claims(
     >>> quick = SCALES["quick"]
     >>> quick.seeds, quick.samples
     (5, 3000)
-    >>> results = run_claims(["momentum"], scale="quick")  # doctest: +SKIP
-    >>> results[0].verdict  # doctest: +SKIP
-    'holds'
+    >>> results = run_claims(["momentum"], scale="quick", data="digits")  # doctest: +SKIP
+    >>> results[0].data["name"], results[0].data["train"]  # digits has fewer than 2160  # doctest: +SKIP
+    ('digits', 1294)
     """
     if isinstance(scale, str):
         if scale not in SCALES:
             raise unknown_name("scale", scale, SCALES)
         scale = SCALES[scale]
+    if data is not None:
+        if not isinstance(data, str):
+            raise DataError(f"data must be a data set's name (a string); got {data!r}")
+        scale = scale.on(data)
     chosen = find(names)
+    record = check_data(chosen, scale)
+    if on_data is not None:
+        on_data(record)
     workers = default_claim_workers() if workers is None else workers
     executor = pool(workers) if workers > 1 else None
     outcomes = []
     try:
         for number, claim in chosen:
-            outcome = run_claim(number, claim, scale, workers, executor)
+            outcome = run_claim(number, claim, scale, workers, executor, record)
             outcomes.append(outcome)
             if on_result is not None:
                 on_result(outcome)

@@ -13,6 +13,9 @@ and its verdict is:
     no_gain    holds when the CI of the gain lies below +margin; does not hold here when A is
                better; otherwise inconclusive
 
+A part declared ``judged=False`` is reported (its interval and its own verdict) but left out of
+the claim's verdict: an arm the claim does not state, such as claim 10's GAN pretraining.
+
 A claim with several parts holds when all hold ("all": an intersection of hypotheses, tested at
 0.05 each with no correction needed) and does not hold when one does not; a claim satisfied by
 any of its parts ("any") compares Holm-adjusted p-values. "Inconclusive" means these seeds do
@@ -42,6 +45,8 @@ class Part:
     >>> mc = Part("dropout", "dropout", "better", "mc_nll", metric_b="test_loss", names=("mc", "plain"))
     >>> mc.labels, mc.describe()
     (('mc', 'plain'), 'mc better than plain on mc_nll')
+    >>> Part("gan", "scratch", "better", "gan", judged=False).describe()
+    'gan better than scratch on gan (reported, not in the verdict)'
     """
 
     a: str
@@ -51,6 +56,7 @@ class Part:
     margin: float = 0.0
     metric_b: str | None = None
     names: tuple[str, str] | None = None  # display names, when A and B are metrics of one arm
+    judged: bool = True  # False: reported with its interval, left out of the claim's verdict
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -60,12 +66,16 @@ class Part:
         """The expectation in words, e.g. "he better than glorot on test_accuracy"."""
         a, b = self.labels
         margin = f" (margin {self.margin:g})" if self.margin else ""
-        return {
-            "better": f"{a} better than {b}",
-            "at_least": f"{a} matches or beats {b}{margin}",
-            "similar": f"{a} and {b} within ±{self.margin:g}",
-            "no_gain": f"{a} no better than {b}{margin}",
-        }[self.expect] + f" on {self.metric}"
+        return (
+            {
+                "better": f"{a} better than {b}",
+                "at_least": f"{a} matches or beats {b}{margin}",
+                "similar": f"{a} and {b} within ±{self.margin:g}",
+                "no_gain": f"{a} no better than {b}{margin}",
+            }[self.expect]
+            + f" on {self.metric}"
+            + ("" if self.judged else " (reported, not in the verdict)")
+        )
 
 
 def part_dict(part: Part, comparison: Paired, verdict: str) -> dict[str, Any]:
@@ -77,6 +87,7 @@ def part_dict(part: Part, comparison: Paired, verdict: str) -> dict[str, Any]:
         "margin": part.margin,
         "comparison": comparison.verdict,
         "verdict": verdict,
+        "judged": part.judged,
     }
 
 
@@ -151,12 +162,14 @@ def judge_parts(
     """The verdict of parts combined `how` ("all" or "any"), and each part's comparison and verdict.
 
     "any" judges Holm-adjusted p-values, since any one of several tests could hold by chance.
+    Parts with ``judged=False`` get their own verdict but take no part in the claim's (nor in Holm's
+    adjustment, which is over the tests the verdict rests on).
     """
     comparisons = [compare_part(part, results, failed_value) for part in parts]
-    if how == "any" and len(comparisons) > 1:
-        adjusted = holm([c.p_t for c in comparisons])
-        comparisons = [
-            compare_part(part, results, failed_value, p) for part, p in zip(parts, adjusted, strict=True)
-        ]
+    counted = [i for i, part in enumerate(parts) if part.judged]
+    if how == "any" and len(counted) > 1:
+        adjusted = holm([comparisons[i].p_t for i in counted])
+        for i, p in zip(counted, adjusted, strict=True):
+            comparisons[i] = compare_part(parts[i], results, failed_value, p)
     judged = [(part, c, judge(part, c)) for part, c in zip(parts, comparisons, strict=True)]
-    return combine([v for _, _, v in judged], how), judged
+    return combine([v for part, _, v in judged if part.judged], how), judged
