@@ -56,8 +56,14 @@ def test_fit_logs_and_records_the_path(caplog):
     model, optimizer = model_and_optimizer()
     with caplog.at_level(logging.INFO, logger="gradwell.train.loop"):
         history = fit(model, blobs(n=64), optimizer=optimizer, epochs=1, progress=False)
-    assert "training path: eager (CUDA graphs need a CUDA device" in caplog.text
-    assert history.path.startswith("training path: eager")
+    assert "training path: fused-mlp (Linear, BatchNorm, dropout and activation layers" in caplog.text
+    assert history.path.startswith("training path: fused-mlp")
+    prelu = models.mlp(8, 3, hidden=[16], activation="prelu", generator=torch.Generator().manual_seed(0))
+    history = fit(
+        prelu, blobs(n=64), optimizer=optim.create("nadam", prelu.parameters()), epochs=1, progress=False
+    )
+    assert history.path.startswith("training path: eager (CUDA graphs need a CUDA device")
+    assert "the fused MLP step does not apply: hidden1.activation (PReLU) is not a Linear" in history.path
 
 
 def train_steps(prepared, name, clip, schedule, steps=12):

@@ -2,13 +2,16 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from gradwell import models, optim
 from gradwell.activations import ELU, GELU, LeakyReLU, PReLU, RReLU, Swish
 from gradwell.data import Dataset, Split
+from gradwell.norm import BatchNorm
 from gradwell.train import fit
-from gradwell.train.fused import FusedStep, kernel, plan, why_not_fused
+from gradwell.train.fused import FusedStep, Plan, kernel, plan, why_not_fused
 from gradwell.train.step import Metrics
 
 ACTIVATIONS = [
@@ -173,14 +176,30 @@ def test_what_the_fused_step_does_not_take_is_named():
     model = mlp()
     optimizer = optim.create("adam", model.parameters())
     assert why_not_fused(model, optimizer) is None
-    assert "BatchNorm" in plan(mlp("relu", batchnorm="before"))
-    assert "Dropout" in plan(mlp(dropout=0.2, activation="relu"))
-    assert "AlphaDropout" in plan(mlp(dropout=0.2))
+    for options in ({"batchnorm": "before"}, {"batchnorm": "after", "dropout": 0.2}, {"dropout": 0.2}):
+        assert isinstance(plan(mlp("relu", **options)), Plan)  # BatchNorm and dropout are fused now
     assert "PReLU" in plan(mlp("prelu"))
+    frozen = mlp("relu", batchnorm="before")
+    frozen.hidden2.norm.frozen = True
+    assert (
+        plan(frozen)
+        == "hidden2.norm (BatchNorm) is frozen (it normalizes with its moving statistics in training)"
+    )
+    lazy = nn.Sequential(nn.Linear(4, 3), BatchNorm(None), nn.ReLU())
+    assert plan(lazy) == "1 (BatchNorm) is lazy and not built yet"
+    twice = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Tanh())
+    assert plan(twice) == "2 (Tanh) follows another activation, not a Linear, BatchNorm or Dropout"
+    assert plan(nn.Sequential(nn.ReLU(), nn.Linear(4, 3))) == (
+        "0 (ReLU) follows the input, not a Linear, BatchNorm or Dropout"  # it would work in place on x
+    )
+    sequence = torch.zeros(8, 5, 4)  # (batch, time, features) with no Flatten: not (batch, features)
+    assert why_not_fused(twice[:2], optimizer, sequence) == (
+        "its inputs of shape (5, 4) do not reach it as (batch, features)"
+    )
     assert why_not_fused(model, optim.create("adam", model.parameters(), clipnorm=1.0)) == (
         "clipnorm clips each tensor on its own"
     )
-    assert why_not_fused(model, optimizer, l2=True, bf16=True) == "l2, bf16 not supported by the fused step"
+    assert why_not_fused(model, optimizer, bf16=True) == "bf16 not supported by the fused step"
     groups = [
         {"params": list(model.output.parameters()), "lr": 0.1},
         {"params": [p for n, p in model.named_parameters() if not n.startswith("output")]},
@@ -255,3 +274,124 @@ def test_a_per_tensor_optimizer_trains_eagerly_and_says_why(caplog):
         )  # fmt: skip
     assert history.path.startswith("training path: eager") and reason in history.path
     assert reason in caplog.text
+
+
+# batch normalization, dropout and the l1/l2 penalties on the fused path
+
+
+@pytest.mark.parametrize(("center", "scale"), [(True, True), (False, True), (True, False), (False, False)])
+def test_fused_batchnorm_equals_the_eager_layer_and_autograd_in_float64(center, scale, generator):
+    from gradwell.train.fused_ops import BatchNormLayer
+
+    eager, fused = (BatchNorm(5, center=center, scale=scale).double() for _ in range(2))
+    with torch.no_grad():
+        for norm in (eager, fused):
+            for p in norm.parameters():
+                p.copy_(torch.linspace(-1.5, 2.0, 5, dtype=torch.float64))
+    x = torch.randn(7, 5, generator=generator, dtype=torch.float64) * 3 + 1
+    dy = torch.randn(7, 5, generator=generator, dtype=torch.float64)
+    leaf = x.clone().requires_grad_()
+    expected = eager(leaf)
+    expected.backward(dy)
+    grads = {id(p): torch.zeros_like(p) for p in fused.parameters()}
+    layer = BatchNormLayer(fused, grads)
+    y, saved = layer.forward(x)
+    dx = layer.backward(dy, saved, True)
+    assert torch.allclose(y, expected, rtol=1e-12, atol=1e-13) and torch.allclose(
+        dx, leaf.grad, rtol=1e-10, atol=1e-12
+    )
+    for p, q in zip(fused.parameters(), eager.parameters(), strict=True):
+        assert torch.allclose(grads[id(p)], q.grad, rtol=1e-12, atol=1e-13)
+    for name in ("running_mean", "running_var"):
+        assert torch.allclose(getattr(fused, name), getattr(eager, name), rtol=1e-12, atol=1e-15)
+    y.fill_(0.0)  # an in-place activation after the layer must leave what its backward keeps alone
+    assert torch.equal(layer.backward(dy, saved, True), dx)
+
+
+@pytest.mark.parametrize("module", [nn.Dropout(0.3), nn.AlphaDropout(0.2)], ids=repr)
+def test_fused_dropout_draws_the_eager_masks(module, generator):
+    from gradwell.train.fused_ops import AlphaDropoutLayer, DropoutLayer
+
+    layer = (DropoutLayer if isinstance(module, nn.Dropout) else AlphaDropoutLayer)(module.p)
+    x = torch.randn(40, 30, generator=generator, dtype=torch.float64)
+    dy = torch.randn(40, 30, generator=generator, dtype=torch.float64)
+    leaf = x.clone().requires_grad_()
+    torch.manual_seed(3)
+    expected = module(leaf)
+    expected.backward(dy)
+    torch.manual_seed(3)
+    y, saved = layer.forward(x)
+    assert torch.equal(y, expected) and torch.equal(layer.backward(dy, saved, True), leaf.grad)
+
+
+def network(seed=0, dtype=torch.float64, **options):
+    model = models.mlp((2, 4), 3, hidden=[16, 12], generator=torch.Generator().manual_seed(seed), **options)
+    return model.to(dtype)
+
+
+def trained(model, fast, epochs=2, **options):
+    optimizer = optim.create("nadam", model.parameters(), lr=0.01)
+    history = fit(
+        model,
+        blobs64(),
+        optimizer=optimizer,
+        epochs=epochs,
+        batch_size=16,
+        fast=fast,
+        progress=False,
+        **options,
+    )
+    return history
+
+
+@pytest.mark.parametrize(
+    ("model", "train"),
+    [
+        ({"activation": "swish", "batchnorm": "before"}, {}),  # the default job's network
+        ({"activation": "elu", "batchnorm": "after", "input_batchnorm": True}, {}),
+        ({"activation": "relu", "dropout": 0.2, "batchnorm": "before"}, {"l1": 1e-3, "l2": 1e-2}),
+        ({"activation": "selu", "dropout": 0.1}, {"max_norm": 1.0}),  # AlphaDropout
+    ],
+    ids=["bn-before", "bn-after+input", "dropout+l1+l2", "alpha-dropout+max-norm"],
+)
+def test_fit_with_batchnorm_dropout_and_penalties_is_fused_and_equals_eager(model, train):
+    runs = [(network(**model), fast) for fast in (False, True)]
+    histories = [trained(net, fast, **train) for net, fast in runs]
+    assert histories[1].path.startswith("training path: fused-mlp"), histories[1].path
+    assert histories[0].path.startswith("training path: eager")
+    for a, b in zip(histories[0].epochs, histories[1].epochs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-10) and a["val_loss"] == pytest.approx(
+            b["val_loss"], rel=1e-10
+        )
+    (eager, _), (fused, _) = runs
+    for (key, value), other in zip(eager.state_dict().items(), fused.state_dict().values(), strict=True):
+        assert torch.allclose(value, other, rtol=1e-9, atol=1e-12), key  # moving statistics included
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    hidden=st.lists(st.integers(2, 9), min_size=1, max_size=3),
+    activation=st.sampled_from(ACTIVATIONS),
+    batchnorm=st.sampled_from([None, "before", "after"]),
+    dropout=st.sampled_from([0.0, 0.25]),
+    penalties=st.sampled_from([{}, {"l1": 1e-3}, {"l2": 1e-2}]),
+    seed=st.integers(0, 2**16),
+)
+@pytest.mark.filterwarnings("ignore::gradwell.selfnorm.SelfNormalizationWarning")  # SELU with l1 or BN
+def test_any_small_network_trains_fused_as_it_trains_eagerly(
+    hidden, activation, batchnorm, dropout, penalties, seed
+):
+    def net():
+        return models.mlp(
+            (2, 4), 3, hidden=hidden, activation=activation, batchnorm=batchnorm, dropout=dropout,
+            generator=torch.Generator().manual_seed(seed),
+        ).double()  # fmt: skip
+
+    eager, fused = net(), net()
+    histories = [
+        trained(model, fast, epochs=1, **penalties) for model, fast in ((eager, False), (fused, True))
+    ]
+    assert histories[1].path.startswith("training path: fused-mlp"), histories[1].path
+    assert histories[0].metric("loss") == pytest.approx(histories[1].metric("loss"), rel=1e-9)
+    for (key, value), other in zip(eager.state_dict().items(), fused.state_dict().values(), strict=True):
+        assert torch.allclose(value, other, rtol=1e-8, atol=1e-11), key

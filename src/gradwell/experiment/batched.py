@@ -274,9 +274,10 @@ def too_large_to_pay(models: Sequence[nn.Module]) -> str | None:
     if largest > LARGEST_BATCHED_LAYER:
         return f"a layer of {largest} weights (batching pays up to {LARGEST_BATCHED_LAYER})"
     fused = plan(models[0])
-    if not isinstance(fused, str) and len(fused[0]) > DEEPEST_BATCHED_FUSED:
+    depth = 0 if isinstance(fused, str) else len(fused.linears)
+    if depth > DEEPEST_BATCHED_FUSED:
         return (
-            f"{len(fused[0])} Linear layers that fit's fused MLP step trains about as fast one seed at a "
+            f"{depth} Linear layers that fit's fused MLP step trains about as fast one seed at a "
             f"time (batching pays up to {DEEPEST_BATCHED_FUSED})"
         )
     return None

@@ -3,14 +3,18 @@
 On a CPU, a deep narrow MLP like the chapter's 100 layers of 100 units spends about as long in
 the framework as in its matrix products: autograd records and replays a graph of several nodes
 per layer, transposes are views with their own dispatch, and a multi-tensor optimizer update is
-a loop of a few hundred small kernels, one per tensor and operation. For a stack of Linear layers
-and elementwise activations, all of that is known in advance, so this step does it by hand:
+a loop of a few hundred small kernels, one per tensor and operation. For a stack of Linear,
+BatchNorm, Dropout / AlphaDropout layers and elementwise activations, all of that is known in
+advance, so this step does it by hand (the layers are in gradwell.train.fused_ops):
 
-- forward: ``z = addmm(b, a, W^T)`` and the activation, keeping what its backward needs;
+- forward: ``z = addmm(b, a, W^T)``, batch normalization with the batch's statistics (moving
+  averages updated as the eager layer does), dropout masks drawn as torch's kernels draw them,
+  and the activation, each keeping what its backward needs;
 - backward: torch's own activation backward kernels (``elu_backward`` for SELU and ELU,
-  ``threshold_backward`` for ReLU, ...), then ``dW = dz^T a`` and ``db = sum(dz)`` written straight
-  into a flat gradient buffer, and ``da = dz W``; autograd only differentiates the loss with
-  respect to the logits;
+  ``threshold_backward`` for ReLU, ...), batch normalization's backward by its formula, then
+  ``dW = dz^T a`` (plus the l1/l2 penalty's gradient) and ``db = sum(dz)`` written straight into
+  a flat gradient buffer, and ``da = dz W``; autograd only differentiates the loss with respect
+  to the logits;
 - update: every parameter is a view into one flat buffer, so the optimizer updates one tensor
   with one kernel per operation (the optimizer's own update rule, unchanged).
 
@@ -25,15 +29,24 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradwell.activations import FusedKernel, activation_info
+from gradwell.norm import BatchNorm
 from gradwell.optim import is_elementwise
 from gradwell.regularize import max_norm_
+from gradwell.train.fused_ops import (
+    ActivationLayer,
+    AlphaDropoutLayer,
+    BatchNormLayer,
+    DropoutLayer,
+    Layer,
+    LinearLayer,
+)
 from gradwell.train.step import Metrics, StepContext
 
 # activation -> (forward, backward(grad, z, a), whether backward needs z), declared by each
@@ -60,49 +73,117 @@ def leaves(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, child
 
 
-def plan(model: nn.Module) -> tuple[list[tuple[nn.Linear, Kernel]], bool] | str:
-    """The model as (Linear, the activation after it) pairs, and whether it starts with a Flatten.
+@dataclass(frozen=True)
+class Plan:
+    """What the fused step runs: each module with how it is run, in order, and whether a Flatten
+    comes first. A module is ("linear", Linear), ("activation", its kernel), ("batchnorm",
+    BatchNorm), ("dropout", p) or ("alpha_dropout", p)."""
 
-    A string says why the model does not qualify.
-    """
+    modules: list[tuple[str, Any]]
+    flatten: bool
+
+    @property
+    def linears(self) -> list[nn.Linear]:
+        return [module for kind, module in self.modules if kind == "linear"]
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter the step trains, in the order the modules run."""
+        owners = [module for kind, module in self.modules if kind in ("linear", "batchnorm")]
+        return [p for module in owners for p in module.parameters()]
+
+
+# layers whose output no other layer keeps, so an activation after them may work in place
+FRESH = ("linear", "batchnorm", "dropout", "alpha_dropout")
+
+
+def batchnorm_refusal(norm: BatchNorm) -> str | None:
+    if norm.has_uninitialized_params():
+        return "is lazy and not built yet"
+    if norm.frozen:
+        return "is frozen (it normalizes with its moving statistics in training)"
+    if tuple(norm.axis) not in ((1,), (-1,)):
+        return f"keeps axis {norm.axis}, not the features of a (batch, features) input"
+    return None
+
+
+def planned(name: str, module: nn.Module, previous: str | None) -> tuple[str, Any] | str | None:
+    """How the fused step runs `module` after a layer of kind `previous` (None: the input); None
+    when it is skipped (a dropout of p = 0); a string says why it cannot be run."""
+    if isinstance(module, nn.Linear):
+        return "linear", module
+    if isinstance(module, nn.Dropout | nn.AlphaDropout):
+        if module.p == 0:
+            return None
+        if module.p >= 1:
+            return f"{name} ({type(module).__name__}) drops every unit (p = {module.p})"
+        return ("dropout" if isinstance(module, nn.Dropout) else "alpha_dropout"), module.p
+    if isinstance(module, BatchNorm):
+        why = batchnorm_refusal(module)
+        return f"{name} (BatchNorm) {why}" if why else ("batchnorm", module)
+    found = kernel(module)
+    if found is not None and previous in FRESH:
+        return "activation", found
+    if found is not None:
+        follows = "the input" if previous is None else "another activation"
+        return f"{name} ({type(module).__name__}) follows {follows}, not a Linear, BatchNorm or Dropout"
+    return (
+        f"{name} ({type(module).__name__}) is not a Linear, BatchNorm, Dropout or an elementwise activation"
+    )
+
+
+def plan(model: nn.Module) -> Plan | str:
+    """The model as the fused step runs it; a string says why the model does not qualify."""
     if not isinstance(model, nn.Sequential):
         return f"{type(model).__name__} is not an nn.Sequential"
-    linears: list[nn.Linear] = []
-    activations: list[Kernel | None] = []
+    modules: list[tuple[str, Any]] = []
     flatten = False
     for name, module in leaves(model):
         if (
             isinstance(module, nn.Flatten)
-            and not linears
+            and not modules
             and not flatten
             and (module.start_dim, module.end_dim) == (1, -1)
         ):
             flatten = True
-        elif isinstance(module, nn.Dropout | nn.AlphaDropout) and module.p == 0:
             continue
-        elif isinstance(module, nn.Linear):
-            linears.append(module)
-            activations.append(None)
-        elif (found := kernel(module)) is not None and linears and activations[-1] is None:
-            activations[-1] = found
-        else:
-            return f"{name} ({type(module).__name__}) is not a Linear or an activation after one"
-    if not linears:
+        found = planned(name, module, modules[-1][0] if modules else None)
+        if isinstance(found, str):
+            return found
+        if found is not None:
+            modules.append(found)
+    result = Plan(modules, flatten)
+    if not result.linears:
         return "the model has no Linear layer"
-    params = [p for linear in linears for p in linear.parameters()]
+    params = result.parameters()
     if len(params) != len(list(model.parameters())) or not all(p.requires_grad for p in params):
-        return "some parameters are frozen or outside the Linear layers"
+        return "some parameters are frozen or outside the Linear and BatchNorm layers"
     if len({(p.device, p.dtype) for p in params}) > 1:
         return "the parameters are on several devices or of several dtypes"
-    identity = kernel(nn.Identity())
-    return [(linear, found or identity) for linear, found in zip(linears, activations, strict=True)], flatten
+    return result
 
 
-def why_not_fused(model: nn.Module, optimizer: torch.optim.Optimizer, **options: Any) -> str | None:
-    """Why the fused step cannot train this model with this optimizer and options (None if it can)."""
+def layer(kind: str, value: Any, grads: dict[int, Tensor], l1: float, l2: float) -> Layer:
+    """The fused layer of a planned module."""
+    if kind == "linear":
+        return LinearLayer(value, grads, l1, l2)
+    if kind == "batchnorm":
+        return BatchNormLayer(value, grads)
+    if kind == "activation":
+        return ActivationLayer(value)
+    return DropoutLayer(value) if kind == "dropout" else AlphaDropoutLayer(value)
+
+
+def why_not_fused(
+    model: nn.Module, optimizer: torch.optim.Optimizer, sample: Tensor | None = None, **options: Any
+) -> str | None:
+    """Why the fused step cannot train this model with this optimizer and options on batches like
+    `sample` (None if it can)."""
     found = plan(model)
     if isinstance(found, str):
         return found
+    features = sample.flatten(1) if sample is not None and found.flatten else sample
+    if features is not None and features.dim() != 2:
+        return f"its inputs of shape {tuple(sample.shape[1:])} do not reach it as (batch, features)"
     if not is_elementwise(optimizer):
         return (
             f"{type(optimizer).__name__} does not declare an elementwise update "
@@ -120,7 +201,7 @@ def why_not_fused(model: nn.Module, optimizer: torch.optim.Optimizer, **options:
 
 
 class FusedStep:
-    """A training step (x, y) -> loss for a Linear + activation stack; see the module docstring."""
+    """A training step (x, y) -> loss for a stack of the layers `plan` takes; see the module docstring."""
 
     def __init__(
         self,
@@ -131,11 +212,14 @@ class FusedStep:
         *,
         accuracy: bool = True,
         max_norm: float | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
     ) -> None:
-        layers, self.flatten = plan(model)
+        found = plan(model)
+        self.flatten = found.flatten
         self.model, self.loss_fn, self.optimizer, self.metrics = model, loss_fn, optimizer, metrics
         self.accuracy, self.max_norm = accuracy, max_norm
-        self.params = [p for linear, _ in layers for p in linear.parameters()]
+        self.params = found.parameters()
         first = self.params[0]
         total = sum(p.numel() for p in self.params)
         self.flat = nn.Parameter(torch.empty(total, device=first.device, dtype=first.dtype))
@@ -150,24 +234,19 @@ class FusedStep:
                 self.grads[id(p)] = self.flat.grad[offset : offset + p.numel()].view_as(p)
                 self.offsets.append(offset)
                 offset += p.numel()
-        # per layer, resolved once: the step's Python loop is a visible share of its time
-        self.layers = [
-            (linear.weight, linear.bias, found, self.grads[id(linear.weight)],
-             self.grads[id(linear.bias)] if linear.bias is not None else None)
-            for linear, found in layers
-        ]  # fmt: skip
+        self.layers = [layer(kind, value, self.grads, l1, l2) for kind, value in found.modules]
         self.swap_in()
 
     def __call__(self, x: Tensor, y: Tensor, eager: bool = False) -> Tensor:
         if eager:
             return self.autograd_step(x, y)
         with torch.no_grad():
-            inputs, saved = self.forward(x.flatten(1) if self.flatten else x)
-        logits = saved[-1][1].requires_grad_()
+            logits, saved = self.forward(x.flatten(1) if self.flatten else x)
+        logits.requires_grad_()
         loss = self.loss_fn(logits, y)
         (grad,) = torch.autograd.grad(loss, logits)
         with torch.no_grad():
-            self.backward(grad, inputs, saved)
+            self.backward(grad, saved)
         return self.finish(loss.detach(), logits.detach(), y)
 
     def autograd_step(self, x: Tensor, y: Tensor) -> Tensor:
@@ -190,26 +269,18 @@ class FusedStep:
         self.metrics.add(loss, (logits.argmax(-1) == y).sum() if self.accuracy else None, len(y))
         return loss
 
-    def forward(self, a: Tensor) -> tuple[list[Tensor], list[tuple[Tensor | None, Tensor]]]:
-        """Each layer's input, and its (pre-activation if its backward needs it, output)."""
-        inputs, saved = [], []
-        for weight, bias, (activation, _, needs_z), _, _ in self.layers:
-            inputs.append(a)
-            z = F.linear(a, weight, bias)
-            a = activation(z)
-            saved.append((z if needs_z else None, a))
-        return inputs, saved
+    def forward(self, a: Tensor) -> tuple[Tensor, list[Any]]:
+        """The logits, and what each layer saved for its backward."""
+        saved = []
+        for layer in self.layers:
+            a, kept = layer.forward(a)
+            saved.append(kept)
+        return a, saved
 
-    def backward(self, grad: Tensor, inputs: list[Tensor], saved: list[tuple[Tensor | None, Tensor]]) -> None:
+    def backward(self, grad: Tensor, saved: list[Any]) -> None:
         """Write every parameter's gradient into the flat buffer, from d loss / d logits."""
-        for i in reversed(range(len(self.layers))):
-            weight, bias, (_, activation_backward, _), weight_grad, bias_grad = self.layers[i]
-            grad = activation_backward(grad, *saved[i])
-            torch.mm(grad.t(), inputs[i], out=weight_grad)
-            if bias is not None:
-                torch.sum(grad, 0, out=bias_grad)
-            if i > 0:
-                grad = grad.mm(weight)
+        for i in range(len(self.layers) - 1, -1, -1):
+            grad = self.layers[i].backward(grad, saved[i], i > 0)
 
     def swap_in(self) -> None:
         """Give the optimizer one flat parameter and flat state built from its per-parameter state.
@@ -265,18 +336,17 @@ class FusedStep:
 
 
 class FusedPath:
-    """The fused MLP step, for plain Linear + activation stacks on a CPU."""
+    """The fused MLP step, for stacks of Linear, BatchNorm, dropout and activation layers on a CPU."""
 
     name = "fused-mlp"
-    description = "Linear + activation stack: hand-written backward, one flat parameter buffer"
+    description = "Linear, BatchNorm, dropout and activation layers by hand, one flat buffer"
     device_types = ("cpu",)  # on a GPU the whole step goes into a CUDA graph instead
 
     def refusal(self, context: StepContext) -> str | None:
         options = context.options
         why = why_not_fused(
-            context.model, context.optimizer, l1=options.l1 > 0, l2=options.l2 > 0,
-            bf16=options.precision != "fp32", skip=options.on_nonfinite == "skip", compile=options.compile,
-            parallel=context.parallel,
+            context.model, context.optimizer, context.sample[0], bf16=options.precision != "fp32",
+            skip=options.on_nonfinite == "skip", compile=options.compile, parallel=context.parallel,
         )  # fmt: skip
         return None if why is None else f"the fused MLP step does not apply: {why}"
 
@@ -284,5 +354,5 @@ class FusedPath:
         options = context.options
         return FusedStep(
             context.model, context.loss_fn, context.optimizer, context.metrics,
-            accuracy=options.classification, max_norm=options.max_norm,
+            accuracy=options.classification, max_norm=options.max_norm, l1=options.l1, l2=options.l2,
         )  # fmt: skip

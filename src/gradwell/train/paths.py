@@ -74,7 +74,7 @@ def choose(context: StepContext, paths: tuple[TrainingPath, ...] = PATHS) -> tup
     >>> context = StepContext(model, optimizer, None, Metrics(cpu), TrainOptions(epochs=1), cpu,
     ...                       (torch.zeros(32, 4), torch.zeros(32, dtype=torch.long)))
     >>> print(choose(context)[0])
-    training path: fused-mlp (Linear + activation stack: hand-written backward, one flat parameter buffer)
+    training path: fused-mlp (Linear, BatchNorm, dropout and activation layers by hand, one flat buffer)
     """
     fallback = paths[-1]
     if not context.options.fast:

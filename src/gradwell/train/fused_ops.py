@@ -1,0 +1,140 @@
+"""The fused step's layers: each a forward that keeps what its backward needs, and that backward by hand.
+
+A layer's ``forward(a)`` returns its output and what it saves; ``backward(grad, saved, needs_input)``
+writes the gradients of its parameters into their views of the step's flat gradient buffer and
+returns the gradient of its input (None when `needs_input` is false: the first layer's input is
+the data). Every formula is checked against autograd in float64 (tests/test_fused.py).
+
+Batch normalization, for a batch x of N rows, per feature (Ioffe and Szegedy, 2015):
+
+    mu = mean(x), var = mean((x - mu)^2), r = 1 / sqrt(var + eps), x_hat = (x - mu) r
+    forward:  y = gamma x_hat + beta
+    backward: g_hat = gamma dy
+              dx = r (g_hat - mean(g_hat) - x_hat mean(g_hat x_hat))
+              dgamma = sum(dy x_hat),  dbeta = sum(dy)
+
+and the moving statistics are updated by the module's own ``update_moving_statistics``, so they
+follow the eager layer's convention exactly. Dropout and AlphaDropout draw their masks as torch's
+CPU kernels do (``empty_like(x).bernoulli_(1 - p)``, then the same scaling), from the same
+generator, so the same seed gives the same masks as the eager modules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gradwell.activations import FusedKernel
+from gradwell.norm import BatchNorm
+
+ALPHA = 1.7580993408473766  # -SELU's lambda * alpha: AlphaDropout's saturation value, as torch's kernel
+
+
+class LinearLayer:
+    """z = a W^T + b; dW = dz^T a (+ the l1/l2 penalty's gradient), db = sum(dz), da = dz W."""
+
+    def __init__(self, linear: nn.Linear, grads: dict[int, Tensor], l1: float, l2: float) -> None:
+        self.weight, self.bias = linear.weight, linear.bias
+        self.weight_grad = grads[id(linear.weight)]
+        self.bias_grad = grads[id(linear.bias)] if linear.bias is not None else None
+        self.l1, self.l2 = l1, l2
+
+    def forward(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        return F.linear(a, self.weight, self.bias), a
+
+    def backward(self, grad: Tensor, a: Tensor, needs_input: bool) -> Tensor | None:
+        torch.mm(grad.t(), a, out=self.weight_grad)
+        if self.l1:  # d/dW of l1 * sum|W|, as autograd differentiates abs (0 at 0)
+            self.weight_grad.add_(self.weight.sign(), alpha=self.l1)
+        if self.l2:  # d/dW of l2 * sum W^2
+            self.weight_grad.add_(self.weight, alpha=2 * self.l2)
+        if self.bias_grad is not None:
+            torch.sum(grad, 0, out=self.bias_grad)
+        return grad.mm(self.weight) if needs_input else None
+
+
+class ActivationLayer:
+    """An elementwise activation through its record's kernel (torch's own backward kernels)."""
+
+    def __init__(self, kernel: FusedKernel) -> None:
+        self.activation, self.activation_backward, self.needs_z = kernel
+
+    def forward(self, z: Tensor) -> tuple[Tensor, tuple[Tensor | None, Tensor]]:
+        a = self.activation(z)  # may work in place: z is a fresh output that nothing else keeps
+        return a, (z if self.needs_z else None, a)
+
+    def backward(self, grad: Tensor, saved: tuple[Tensor | None, Tensor], needs_input: bool) -> Tensor:
+        return self.activation_backward(grad, *saved)
+
+
+class BatchNormLayer:
+    """gradwell's BatchNorm over the features of a (batch, features) input, in training mode."""
+
+    def __init__(self, norm: BatchNorm, grads: dict[int, Tensor]) -> None:
+        self.norm, self.eps = norm, norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+        self.weight_grad = grads[id(norm.weight)] if norm.weight is not None else None
+        self.bias_grad = grads[id(norm.bias)] if norm.bias is not None else None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self.norm.values_per_feature(x, (1,))  # a batch of one row is refused, as by the eager layer
+        var, mean = torch.var_mean(x, 0, correction=0)
+        rstd = torch.rsqrt(var + self.eps)
+        x_hat = (x - mean) * rstd
+        if self.weight is not None and self.bias is not None:
+            y = torch.addcmul(self.bias, x_hat, self.weight)
+        elif self.weight is not None:
+            y = x_hat * self.weight
+        else:  # a copy, so that an in-place activation after it leaves x_hat alone
+            y = x_hat + self.bias if self.bias is not None else x_hat.clone()
+        self.norm.update_moving_statistics(mean, var)
+        return y, (x_hat, rstd)
+
+    def backward(self, grad: Tensor, saved: tuple[Tensor, Tensor], needs_input: bool) -> Tensor | None:
+        x_hat, rstd = saved
+        if self.bias_grad is not None:
+            torch.sum(grad, 0, out=self.bias_grad)
+        if self.weight_grad is not None:
+            torch.sum(grad * x_hat, 0, out=self.weight_grad)
+        if not needs_input:
+            return None
+        g_hat = grad * self.weight if self.weight is not None else grad
+        return (g_hat - g_hat.mean(0) - x_hat * (g_hat * x_hat).mean(0)) * rstd
+
+
+class DropoutLayer:
+    """y = a * mask / (1 - p), mask ~ Bernoulli(1 - p); da = dy * mask / (1 - p)."""
+
+    def __init__(self, p: float) -> None:
+        self.keep = 1.0 - p
+
+    def forward(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        noise = torch.empty_like(a).bernoulli_(self.keep).div_(self.keep)
+        return a * noise, noise
+
+    def backward(self, grad: Tensor, noise: Tensor, needs_input: bool) -> Tensor | None:
+        return grad * noise if needs_input else None
+
+
+class AlphaDropoutLayer:
+    """AlphaDropout (Klambauer et al., 2017): dropped units set to SELU's saturation -lambda*alpha,
+    then an affine map A x + B that keeps the mean and variance: y = a * (A mask) + B(mask)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+        self.scale = 1.0 / math.sqrt((ALPHA * ALPHA * p + 1) * (1 - p))
+
+    def forward(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        noise = torch.empty_like(a).bernoulli_(1 - self.p)
+        shift = noise.add(-1).mul_(ALPHA * self.scale).add_(ALPHA * self.scale * self.p)
+        noise.mul_(self.scale)
+        return a * noise + shift, noise
+
+    def backward(self, grad: Tensor, noise: Tensor, needs_input: bool) -> Tensor | None:
+        return grad * noise if needs_input else None
+
+
+Layer = LinearLayer | ActivationLayer | BatchNormLayer | DropoutLayer | AlphaDropoutLayer
