@@ -178,7 +178,8 @@ def test_what_the_fused_step_does_not_take_is_named():
     assert why_not_fused(model, optimizer) is None
     for options in ({"batchnorm": "before"}, {"batchnorm": "after", "dropout": 0.2}, {"dropout": 0.2}):
         assert isinstance(plan(mlp("relu", **options)), Plan)  # BatchNorm and dropout are fused now
-    assert "PReLU" in plan(mlp("prelu"))
+    softplus = nn.Sequential(nn.Linear(4, 3), nn.Softplus())
+    assert plan(softplus) == "1 (Softplus) is not a Linear, BatchNorm, Dropout or an elementwise activation"
     frozen = mlp("relu", batchnorm="before")
     frozen.hidden2.norm.frozen = True
     assert (
@@ -221,28 +222,38 @@ class IdentitySubclass(nn.Identity):
     ("module", "fused"),
     [
         (nn.ReLU(), True), (ReLUSubclass(), False), (LeakyReLU(0.1), True), (nn.LeakyReLU(0.3), True),
-        (RReLU(), False), (PReLU(), False), (ELU(0.5), True), (nn.ELU(), True), (nn.SELU(), True),
-        (nn.CELU(), False), (nn.Sigmoid(), True), (nn.Tanh(), True), (GELU(), True),
-        (GELU("tanh"), True), (GELU("sigmoid"), False), (nn.GELU(approximate="tanh"), True),
-        (Swish(), True), (Swish(1.5), False), (Swish(learnable=True), False), (nn.SiLU(), True),
-        (nn.Mish(), True), (nn.Softplus(), False), (nn.Softmax(-1), False), (nn.Identity(), True),
+        (RReLU(), True), (PReLU(), True), (PReLU(5, init=-0.3), True), (ELU(0.5), True), (nn.ELU(), True),
+        (nn.SELU(), True), (nn.CELU(), False), (nn.Sigmoid(), True), (nn.Tanh(), True), (GELU(), True),
+        (GELU("tanh"), True), (GELU("sigmoid"), True), (nn.GELU(approximate="tanh"), True),
+        (Swish(), True), (Swish(1.5), True), (Swish(0.8, learnable=True), True),
+        (Swish(learnable=True, num_parameters=5), True), (nn.SiLU(), True), (nn.Mish(), True),
+        (nn.Softplus(), False), (nn.Softmax(-1), False), (nn.Identity(), True),
         (IdentitySubclass(), True), (nn.Linear(2, 2), False),
     ],
     ids=repr,
 )  # fmt: skip
-def test_kernel_fuses_the_modules_it_always_did(module, fused, generator):
+def test_kernel_of_every_activation_equals_autograd(module, fused, generator):
+    module.double()
     found = kernel(module)
     assert (found is not None) == fused
     if found is None:
         return
     z = torch.randn(6, 5, generator=generator, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    torch.manual_seed(2)  # RReLU draws its slopes: the same ones, from the same generator
     expected = module(z)
     expected.backward(grad)
+    torch.manual_seed(2)
     a = found.forward(z.detach().clone())
     assert torch.allclose(a, expected, rtol=1e-12, atol=1e-14)
     dz = found.backward(grad, z.detach() if found.needs_z else None, a)
     assert torch.allclose(dz, z.grad, rtol=1e-12, atol=1e-14)
+    learned = [p for p in module.parameters()]
+    assert [found.parameter] == learned if learned else found.parameter is None
+    if learned:
+        assert torch.allclose(
+            found.parameter_grad(grad, z.detach(), a), learned[0].grad, rtol=1e-12, atol=1e-14
+        )
 
 
 class LARS(torch.optim.Optimizer):
@@ -351,8 +362,19 @@ def trained(model, fast, epochs=2, **options):
         ({"activation": "elu", "batchnorm": "after", "input_batchnorm": True}, {}),
         ({"activation": "relu", "dropout": 0.2, "batchnorm": "before"}, {"l1": 1e-3, "l2": 1e-2}),
         ({"activation": "selu", "dropout": 0.1}, {"max_norm": 1.0}),  # AlphaDropout
+        ({"activation": "prelu", "batchnorm": "before"}, {}),  # a learned alpha
+        ({"activation": "swish", "activation_options": {"learnable": True}}, {"l2": 1e-3}),  # a learned beta
+        ({"activation": "rrelu", "dropout": 0.2}, {}),  # random slopes, drawn as the eager module draws them
     ],
-    ids=["bn-before", "bn-after+input", "dropout+l1+l2", "alpha-dropout+max-norm"],
+    ids=[
+        "bn-before",
+        "bn-after+input",
+        "dropout+l1+l2",
+        "alpha-dropout+max-norm",
+        "prelu",
+        "learnable-swish",
+        "rrelu",
+    ],
 )
 def test_fit_with_batchnorm_dropout_and_penalties_is_fused_and_equals_eager(model, train):
     runs = [(network(**model), fast) for fast in (False, True)]
@@ -371,7 +393,7 @@ def test_fit_with_batchnorm_dropout_and_penalties_is_fused_and_equals_eager(mode
 @settings(max_examples=12, deadline=None)
 @given(
     hidden=st.lists(st.integers(2, 9), min_size=1, max_size=3),
-    activation=st.sampled_from(ACTIVATIONS),
+    activation=st.sampled_from([*ACTIVATIONS, "prelu", "rrelu", "gelu_sigmoid"]),
     batchnorm=st.sampled_from([None, "before", "after"]),
     dropout=st.sampled_from([0.0, 0.25]),
     penalties=st.sampled_from([{}, {"l1": 1e-3}, {"l2": 1e-2}]),

@@ -198,12 +198,16 @@ class FusedKernel(NamedTuple):
 
     ``backward(grad, z, a)`` maps d loss / d a to d loss / d z from the pre-activation z (None
     unless `needs_z`) and the output a. When the backward needs only a, the forward may work in
-    place on z, saving an allocation per layer.
+    place on z, saving an allocation per layer. A learned `parameter` gets its gradient from
+    ``parameter_grad(grad, z, a)``, summed to the parameter's shape (the forward reads the
+    parameter at each call: the optimizer updates it in place).
     """
 
     forward: Callable[[Tensor], Tensor]
     backward: Callable[[Tensor, Tensor | None, Tensor], Tensor]
     needs_z: bool
+    parameter: nn.Parameter | None = None  # what the activation learns: PReLU's alpha, Swish's beta
+    parameter_grad: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None  # (grad, z, a) -> d/dparameter
 
 
 def exactly(
@@ -241,8 +245,10 @@ def elu_kernel(module: nn.Module) -> FusedKernel:
 
 
 def gelu_kernel(module: nn.Module) -> FusedKernel | None:
-    """Exact and tanh GELU; torch has no backward kernel for the sigmoid form."""
+    """Exact and tanh GELU through torch's kernels; the sigmoid form is Swish with beta 1.702."""
     approximate = module.approximate
+    if approximate == "sigmoid":
+        return swish_formula(1.702)
     if approximate not in ("none", "tanh"):
         return None
     return FusedKernel(
@@ -252,11 +258,68 @@ def gelu_kernel(module: nn.Module) -> FusedKernel | None:
     )
 
 
+def sum_to_channels(values: Tensor, parameter: Tensor) -> Tensor:
+    """A (batch, features) tensor summed to a parameter of one value per feature, or of one value."""
+    return values.sum(0) if parameter.numel() > 1 else values.sum().reshape(1)
+
+
+def swish_formula(beta: Tensor | float) -> FusedKernel:
+    """z sigmoid(beta z) for any beta: dz = g (s + beta z s (1 - s)), d beta = g z^2 s (1 - s)."""
+
+    def backward(g: Tensor, z: Tensor, a: Tensor) -> Tensor:
+        s = torch.sigmoid(beta * z)
+        return g * (s + beta * z * s * (1 - s))
+
+    return FusedKernel(lambda z: z * torch.sigmoid(beta * z), backward, True)
+
+
+def learnable_swish_kernel(module: Swish) -> FusedKernel:
+    beta = module.beta
+
+    def parameter_grad(g: Tensor, z: Tensor, a: Tensor) -> Tensor:
+        s = torch.sigmoid(beta * z)
+        return sum_to_channels(g * z * z * s * (1 - s), beta)
+
+    formula = swish_formula(beta)
+    return FusedKernel(formula.forward, formula.backward, True, beta, parameter_grad)
+
+
 def swish_kernel(module: nn.Module) -> FusedKernel | None:
-    """SiLU's kernel, for nn.SiLU and a fixed Swish with beta 1 (a learnable beta needs autograd)."""
+    """SiLU's kernel for nn.SiLU and Swish with beta 1; the formula for any other fixed beta; a
+    learnable beta gets its gradient too (one per feature of a (batch, features) input, or one)."""
     if type(module) is nn.SiLU or (isinstance(module, Swish) and not module.learnable and module.beta == 1.0):
         return SILU_KERNEL
-    return None
+    if type(module) is not Swish:
+        return None
+    return learnable_swish_kernel(module) if module.learnable else swish_formula(float(module.beta))
+
+
+def prelu_kernel(module: nn.Module) -> FusedKernel | None:
+    """PReLU: dz = g where z > 0 else alpha g; d alpha = z g where z <= 0 (torch's convention at 0)."""
+    if type(module) not in (nn.PReLU, PReLU):
+        return None
+    alpha = module.weight
+    return FusedKernel(
+        lambda z: F.prelu(z, alpha),
+        lambda g, z, a: torch.where(z > 0, g, g * alpha),
+        True,
+        alpha,
+        lambda g, z, a: sum_to_channels(torch.where(z > 0, 0.0, g * z), alpha),
+    )
+
+
+def rrelu_kernel(module: nn.Module) -> FusedKernel | None:
+    """RReLU in training: the forward draws its slopes as the eager module does (F.rrelu, same
+    generator); the backward recovers each slope as a / z, exact up to two roundings for any
+    pre-activation that is not subnormal."""
+    if type(module) not in (nn.RReLU, RReLU):
+        return None
+    lower, upper = module.lower, module.upper
+    return FusedKernel(
+        lambda z: F.rrelu(z, lower, upper, training=True),
+        lambda g, z, a: torch.where(z >= 0, g, g * a / z),
+        True,
+    )
 
 
 @dataclass(frozen=True)
@@ -318,9 +381,9 @@ BUILTIN: tuple[ActivationInfo, ...] = (
         "leaky_relu", (nn.LeakyReLU,), "he_normal", LeakyReLU, display="leaky ReLU",
         fused=leaky_relu_kernel, stackable=True, functions=(F.leaky_relu, F.leaky_relu_),
     ),
-    # random slopes (RReLU) and learned ones (PReLU): neither a fixed kernel nor shareable by seeds
-    ActivationInfo("rrelu", (nn.RReLU,), "he_normal", RReLU, display="RReLU"),
-    ActivationInfo("prelu", (nn.PReLU,), "he_normal", PReLU, display="PReLU"),
+    # random slopes (RReLU) and learned ones (PReLU): not shareable by seeds
+    ActivationInfo("rrelu", (nn.RReLU,), "he_normal", RReLU, display="RReLU", fused=rrelu_kernel),
+    ActivationInfo("prelu", (nn.PReLU,), "he_normal", PReLU, display="PReLU", fused=prelu_kernel),
     ActivationInfo(
         "elu", (nn.ELU,), "he_normal", ELU, display="ELU", fused=elu_kernel, stackable=True,
         functions=(F.elu, F.elu_),

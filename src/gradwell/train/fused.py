@@ -88,8 +88,13 @@ class Plan:
 
     def parameters(self) -> list[nn.Parameter]:
         """Every parameter the step trains, in the order the modules run."""
-        owners = [module for kind, module in self.modules if kind in ("linear", "batchnorm")]
-        return [p for module in owners for p in module.parameters()]
+        found = []
+        for kind, value in self.modules:
+            if kind in ("linear", "batchnorm"):
+                found.extend(value.parameters())
+            elif kind == "activation" and value.parameter is not None:
+                found.append(value.parameter)
+        return found
 
 
 # layers whose output no other layer keeps, so an activation after them may work in place
@@ -156,7 +161,7 @@ def plan(model: nn.Module) -> Plan | str:
         return "the model has no Linear layer"
     params = result.parameters()
     if len(params) != len(list(model.parameters())) or not all(p.requires_grad for p in params):
-        return "some parameters are frozen or outside the Linear and BatchNorm layers"
+        return "some parameters are frozen or outside the layers the fused step runs"
     if len({(p.device, p.dtype) for p in params}) > 1:
         return "the parameters are on several devices or of several dtypes"
     return result
@@ -169,7 +174,7 @@ def layer(kind: str, value: Any, grads: dict[int, Tensor], l1: float, l2: float)
     if kind == "batchnorm":
         return BatchNormLayer(value, grads)
     if kind == "activation":
-        return ActivationLayer(value)
+        return ActivationLayer(value, grads)
     return DropoutLayer(value) if kind == "dropout" else AlphaDropoutLayer(value)
 
 

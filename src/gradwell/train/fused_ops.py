@@ -57,16 +57,25 @@ class LinearLayer:
 
 
 class ActivationLayer:
-    """An elementwise activation through its record's kernel (torch's own backward kernels)."""
+    """An elementwise activation through its record's kernel (torch's own backward kernels), and
+    the gradient of what it learns (PReLU's alpha, a learnable Swish's beta)."""
 
-    def __init__(self, kernel: FusedKernel) -> None:
-        self.activation, self.activation_backward, self.needs_z = kernel
+    def __init__(self, kernel: FusedKernel, grads: dict[int, Tensor]) -> None:
+        self.activation, self.activation_backward, self.needs_z = (
+            kernel.forward,
+            kernel.backward,
+            kernel.needs_z,
+        )
+        self.parameter_grad = kernel.parameter_grad
+        self.grad_view = grads[id(kernel.parameter)] if kernel.parameter is not None else None
 
     def forward(self, z: Tensor) -> tuple[Tensor, tuple[Tensor | None, Tensor]]:
         a = self.activation(z)  # may work in place: z is a fresh output that nothing else keeps
         return a, (z if self.needs_z else None, a)
 
     def backward(self, grad: Tensor, saved: tuple[Tensor | None, Tensor], needs_input: bool) -> Tensor:
+        if self.grad_view is not None:
+            self.grad_view.copy_(self.parameter_grad(grad, *saved))
         return self.activation_backward(grad, *saved)
 
 
