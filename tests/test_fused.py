@@ -417,3 +417,25 @@ def test_any_small_network_trains_fused_as_it_trains_eagerly(
     assert histories[0].metric("loss") == pytest.approx(histories[1].metric("loss"), rel=1e-9)
     for (key, value), other in zip(eager.state_dict().items(), fused.state_dict().values(), strict=True):
         assert torch.allclose(value, other, rtol=1e-8, atol=1e-11), key
+
+
+def test_a_diverging_batchnorm_net_fails_on_the_fused_path_as_it_fails_eagerly():
+    from gradwell.errors import NonFiniteError
+
+    data = blobs64(n=256)
+    data = Dataset(
+        Split(data.train.x.float(), data.train.y), Split(data.val.x.float(), data.val.y), data.test, 3, "b"
+    )
+    messages = []
+    for fast in (
+        False,
+        True,
+    ):  # the batch variance overflows float32 first: statistics in float64, as torch's
+        model = models.mlp(
+            (2, 4), 3, hidden=[16, 16], batchnorm="before", generator=torch.Generator().manual_seed(0)
+        )
+        optimizer = optim.create("sgd", model.parameters(), lr=1e8)
+        with pytest.raises(NonFiniteError) as caught:
+            fit(model, data, optimizer=optimizer, epochs=2, batch_size=32, seed=7, fast=fast, progress=False)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and "non-finite at step" in messages[0]

@@ -90,8 +90,12 @@ class BatchNormLayer:
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         self.norm.values_per_feature(x, (1,))  # a batch of one row is refused, as by the eager layer
-        var, mean = torch.var_mean(x, 0, correction=0)
-        rstd = torch.rsqrt(var + self.eps)
+        # statistics in float64 for float32, as torch's CPU kernel accumulates them: a diverging run's
+        # variance overflows float32 where 1 / sqrt(var + eps) still fits, and it fails as eagerly
+        wide = x.double() if x.dtype == torch.float32 else x
+        var, mean = torch.var_mean(wide, 0, correction=0)
+        rstd = torch.rsqrt(var + self.eps).to(x.dtype)
+        mean, var = mean.to(x.dtype), var.to(x.dtype)
         x_hat = (x - mean) * rstd
         if self.weight is not None and self.bias is not None:
             y = torch.addcmul(self.bias, x_hat, self.weight)
