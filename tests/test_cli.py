@@ -1,8 +1,10 @@
-"""The command line, run as a user runs it: in a subprocess."""
+"""The command line, run as a user runs it: in a subprocess where the process is what is tested
+(its stdout, exit status, signals, torchrun's processes), otherwise through `main` in this one."""
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import GRADWELL, gradwell, quiet_env, wait_for_a_new_checkpoint
+
+from gradwell.cli import main
 
 
 def terminal_sigint() -> None:
@@ -46,12 +50,22 @@ def tiny_config(tmp_path):
     return path
 
 
-def test_train_writes_a_complete_run_folder_and_resumes(tmp_path, tiny_config):
-    done = gradwell("train", str(tiny_config), "--set", "output.name=tiny", "--json", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """`gradwell train tiny.toml --json` in a subprocess, once: its folder and its JSON, which the
+    tests below read (a start of the command line costs seconds of imports; the commands that
+    follow it run in this process, through the same `main` that `python -m gradwell` calls)."""
+    cwd = tmp_path_factory.mktemp("tiny")
+    (cwd / "tiny.toml").write_text(TINY)
+    done = gradwell("train", "tiny.toml", "--set", "output.name=tiny", "--json", cwd=cwd)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    run_dir = tmp_path / "runs" / "tiny"
-    assert result["run_dir"] == str(run_dir.relative_to(tmp_path)) and result["epochs"] == 2
+    return cwd, json.loads(done.stdout)
+
+
+def test_train_writes_a_complete_run_folder_and_resumes(tiny_run, tmp_path, monkeypatch, capsys):
+    cwd, result = tiny_run
+    run_dir = cwd / "runs" / "tiny"
+    assert result["run_dir"] == str(run_dir.relative_to(cwd)) and result["epochs"] == 2
     assert 0.5 < result["test"]["accuracy"] <= 1.0
     names = {p.name for p in run_dir.iterdir()}
     assert names >= {
@@ -64,26 +78,31 @@ def test_train_writes_a_complete_run_folder_and_resumes(tmp_path, tiny_config):
     }
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
-    more = gradwell("train", "--resume", str(run_dir), "--set", "train.epochs=3", "--json", cwd=tmp_path)
-    assert more.returncode == 0, more.stderr
-    assert json.loads(more.stdout)["epochs"] == 3
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+    copy = tmp_path / "runs" / "tiny"  # resumed in a copy: the other tests read the 2-epoch run
+    shutil.copytree(run_dir, copy)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(copy), "--set", "train.epochs=3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 3
+    assert len((copy / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_config_errors_exit_2_with_the_message_and_write_nothing(tmp_path, tiny_config):
-    done = gradwell("train", str(tiny_config), "--set", "model.activation=rleu", cwd=tmp_path)
-    assert done.returncode == 2
-    assert "unknown activation 'rleu' (did you mean 'relu'?)" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_config_errors_exit_2_with_the_message_and_write_nothing(tmp_path, tiny_config, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(tiny_config), "--set", "model.activation=rleu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown activation 'rleu' (did you mean 'relu'?)" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "runs").exists()
 
 
-def test_datasets_and_help(tmp_path):
-    listing = gradwell("datasets", cwd=tmp_path)
-    assert listing.returncode == 0 and "mnist1d" in listing.stdout and "csv:PATH" in listing.stdout
+def test_datasets_and_help(capsys):
+    assert main(["datasets"]) == 0
+    listing = capsys.readouterr().out
+    assert "mnist1d" in listing and "csv:PATH" in listing
     for command in ([], ["train"], ["datasets"]):
-        shown = gradwell(*command, "--help", cwd=tmp_path)
-        assert shown.returncode == 0 and "usage: gradwell" in shown.stdout
+        with pytest.raises(SystemExit) as shown:
+            main([*command, "--help"])
+        assert shown.value.code == 0 and "usage: gradwell" in capsys.readouterr().out
 
 
 def test_train_data_parallel_in_two_processes(tmp_path, tiny_config):
@@ -108,28 +127,25 @@ def test_train_data_parallel_in_two_processes(tmp_path, tiny_config):
     assert (tmp_path / "runs" / "ddp" / "model.safetensors").is_file()
 
 
-def test_fold_a_trained_run_then_refuse_a_folder_that_is_not_one(tmp_path, tiny_config):
-    done = gradwell("train", str(tiny_config), "--set", "output.name=tiny", "--json", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    run_dir = tmp_path / "runs" / "tiny"
-    folded = gradwell("fold", str(run_dir), "--json", cwd=tmp_path)
-    assert folded.returncode == 0, folded.stderr
-    result = json.loads(folded.stdout)
+def test_fold_a_trained_run_then_refuse_a_folder_that_is_not_one(tiny_run, tmp_path, capsys):
+    cwd, _ = tiny_run
+    run_dir = cwd / "runs" / "tiny"
+    assert main(["fold", str(run_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
     assert result["folded"] == ["hidden1.norm", "hidden2.norm"] and result["left"] == []
     assert result["test"][0]["accuracy"] == pytest.approx(result["test"][1]["accuracy"], abs=1e-3)
     assert (
         result["path"] == str(run_dir / "model_folded.safetensors")
         and (run_dir / "model_folded.safetensors").is_file()
     )
-    shown = gradwell("fold", str(run_dir), "--out", str(tmp_path / "f.safetensors"), cwd=tmp_path)
-    assert (
-        shown.returncode == 0 and "BatchNorm layers folded" in shown.stdout and "hidden2.norm" in shown.stdout
-    )
+    assert main(["fold", str(run_dir), "--out", str(tmp_path / "f.safetensors")]) == 0
+    shown = capsys.readouterr().out
+    assert "BatchNorm layers folded" in shown and "hidden2.norm" in shown
 
-    refused = gradwell("fold", str(tmp_path), cwd=tmp_path)
-    assert refused.returncode == 2  # rich wraps the message to the terminal's width
-    assert "is not a run folder of gradwell train" in " ".join(refused.stderr.split())
-    assert "Traceback" not in refused.stderr
+    assert main(["fold", str(tmp_path)]) == 2  # rich wraps the message to the terminal's width
+    err = capsys.readouterr().err
+    assert "is not a run folder of gradwell train" in " ".join(err.split())
+    assert "Traceback" not in err
 
 
 def test_ctrl_c_stops_train_with_a_checkpoint_and_says_how_to_resume(tmp_path, tiny_config):

@@ -208,51 +208,56 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def start(script, checkpoints, weights):
-    return subprocess.Popen(
-        [sys.executable, str(script), str(checkpoints), str(weights)],
-        env=quiet_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@pytest.fixture(scope="module")
+def fork_server(tmp_path_factory):
+    """One warm interpreter (see ForkServer) for every process of this file's signal tests."""
+    server = ForkServer(tmp_path_factory.mktemp("forks"))
+    yield server
+    server.close()
 
 
-def finish(script, checkpoints, weights):
-    done = start(script, checkpoints, weights)
+def start(server, script, checkpoints, weights):
+    """`python SCRIPT CHECKPOINTS WEIGHTS`, forked from the server; its output to WEIGHTS.log."""
+    return server.start([str(checkpoints), str(weights)], script=script, log=weights.with_suffix(".log"))
+
+
+def finish(server, script, checkpoints, weights):
+    done = start(server, script, checkpoints, weights)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err
     return torch.load(weights, weights_only=True)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, fork_server):
     folder = tmp_path_factory.mktemp("whole")
     script = folder / "train.py"
     script.write_text(SCRIPT)
-    return script, finish(script, folder / "checkpoints", folder / "weights.pt")
+    return script, finish(fork_server, script, folder / "checkpoints", folder / "weights.pt")
 
 
-def test_killed_with_sigkill_at_random_moments_then_resumed_gives_the_same_weights(tmp_path, uninterrupted):
+def test_killed_with_sigkill_at_random_moments_then_resumed_gives_the_same_weights(
+    tmp_path, fork_server, uninterrupted
+):
     script, expected = uninterrupted
     checkpoints = tmp_path / "checkpoints"
     for delay in (0.0, 0.023, 0.051):  # right after a checkpoint is renamed into place, and mid-epoch
-        process = start(script, checkpoints, tmp_path / "weights.pt")
+        process = start(fork_server, script, checkpoints, tmp_path / "weights.pt")
         wait_for_a_new_checkpoint(process, checkpoints)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert ckpt.latest(checkpoints) is not None
-    weights = finish(script, checkpoints, tmp_path / "weights.pt")
+    weights = finish(fork_server, script, checkpoints, tmp_path / "weights.pt")
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
 
 
 def test_sigint_stops_after_a_step_writes_a_checkpoint_and_resumes_to_the_same_weights(
-    tmp_path, uninterrupted
+    tmp_path, fork_server, uninterrupted
 ):
     script, expected = uninterrupted
     checkpoints = tmp_path / "checkpoints"
-    process = start(script, checkpoints, tmp_path / "weights.pt")
+    process = start(fork_server, script, checkpoints, tmp_path / "weights.pt")
     wait_for_a_new_checkpoint(process, checkpoints)
     time.sleep(0.03)
     before = set(ckpt.saved_steps(checkpoints))
@@ -260,7 +265,7 @@ def test_sigint_stops_after_a_step_writes_a_checkpoint_and_resumes_to_the_same_w
     _, err = process.communicate(timeout=60)
     assert process.returncode != 0 and "Interrupted" in err and "resume to go on" in err
     assert set(ckpt.saved_steps(checkpoints)) - before  # a new, mid-epoch checkpoint
-    weights = finish(script, checkpoints, tmp_path / "weights.pt")
+    weights = finish(fork_server, script, checkpoints, tmp_path / "weights.pt")
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
 
 
@@ -349,7 +354,7 @@ CAMPAIGN = [
 
 FORK_SERVER = textwrap.dedent(
     """
-    import json, os, sys, traceback
+    import json, os, runpy, sys, traceback
     import matplotlib.pyplot, sklearn.datasets, torch._dynamo  # most of a run's start-up, paid once
     from gradwell import cli, job  # noqa: F401  (job: what `gradwell train` imports when it starts)
 
@@ -367,8 +372,13 @@ FORK_SERVER = textwrap.dedent(
                 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
                 os.dup2(log, 1)
                 os.dup2(log, 2)
-                sys.argv = ["gradwell", *request["args"]]
-                code = cli.main(request["args"])
+                if "script" in request:  # `python SCRIPT ARGS`
+                    sys.argv = [request["script"], *request["args"]]
+                    runpy.run_path(request["script"], run_name="__main__")
+                    code = 0
+                else:
+                    sys.argv = ["gradwell", *request["args"]]
+                    code = cli.main(request["args"])
             except SystemExit as exit:
                 code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
             except BaseException:
@@ -381,12 +391,14 @@ FORK_SERVER = textwrap.dedent(
         sys.stdout.flush()
         sys.stdout.write(f"{os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}\\n")
         sys.stdout.flush()
+    os._exit(0)  # stdin closed: done, without the interpreter's teardown (seconds, torch loaded)
     """
 )
 
 
 class ForkServer:
-    """`gradwell` command lines, each in a process forked from one warm interpreter.
+    """`gradwell` command lines (or Python scripts), each in a process forked from one warm
+    interpreter.
 
     A fresh `python -m gradwell train` spends ~7 s of CPU importing torch, scikit-learn and
     matplotlib before it writes a byte; forked from an interpreter that has imported them, a run
@@ -412,19 +424,23 @@ class ForkServer:
         assert ready, f"no answer from the fork server in {timeout} s"
         return self.process.stdout.readline().decode()
 
+    def start(self, args: list[str], script: Path | None = None, log: Path | None = None) -> "Child":
+        """`gradwell ARGS`, or `python SCRIPT ARGS`, started; its output goes to `log` (self.log)."""
+        log = log or self.log
+        request = {"args": args, "log": str(log)} | ({"script": str(script)} if script else {})
+        self.process.stdin.write(json.dumps(request).encode() + b"\n")
+        return Child(self, int(self.line()), log)
+
     def run(self, args: list[str], kill: "Kill | None" = None) -> int:
         """`gradwell ARGS`, killed as `kill` says; its exit code (-9 when killed)."""
-        self.process.stdin.write(json.dumps({"args": args, "log": str(self.log)}).encode() + b"\n")
-        pid = int(self.line())
-        if kill is not None:
-            with contextlib.suppress(ProcessLookupError):  # it ended first
-                pidfd = os.pidfd_open(pid)  # the process itself, never a later one given its pid
-                try:
-                    if not ended(pidfd, kill.delay) and (not kill.at_write or at_a_write(pidfd, self.cwd)):
-                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                finally:
-                    os.close(pidfd)
-        return int(self.line())
+        child = self.start(args)
+        if (
+            kill is not None
+            and not child.ended(kill.delay)
+            and (not kill.at_write or at_a_write(child.pidfd, self.cwd))
+        ):
+            child.send_signal(signal.SIGKILL)
+        return child.wait()
 
     def close(self) -> None:
         self.process.stdin.close()
@@ -433,6 +449,41 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class Child:
+    """A process the fork server started, with the part of subprocess.Popen's interface that the
+    tests use (its stdout and stderr are its log file)."""
+
+    def __init__(self, server: ForkServer, pid: int, log: Path) -> None:
+        self.server, self.pid, self.log, self.returncode = server, pid, log, None
+        try:
+            self.pidfd = os.pidfd_open(pid)  # the process itself, never a later one given its pid
+        except ProcessLookupError:  # it ended, and the server reaped it, first
+            self.pidfd = None
+
+    def ended(self, timeout: float) -> bool:
+        return self.pidfd is None or ended(self.pidfd, timeout)
+
+    def poll(self) -> int | None:
+        return self.wait() if self.ended(0) else None
+
+    def send_signal(self, signum: int) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # it ended and was reaped first
+                signal.pidfd_send_signal(self.pidfd, signum)
+
+    def wait(self, timeout: float = 120) -> int:
+        """The exit code, as the server's waitpid gave it (-N when signal N ended the process)."""
+        if self.returncode is None:
+            self.returncode = int(self.server.line(timeout))
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+        return self.returncode
+
+    def communicate(self, timeout: float = 120) -> tuple[None, str]:
+        self.wait(timeout)
+        return None, self.log.read_text()
 
 
 def ended(pidfd: int, timeout: float) -> bool:
@@ -591,7 +642,9 @@ class Campaign:
         assert list((run_dir / "checkpoints").glob(".step-*.tmp")) == [], story
 
 
-def test_sigkill_at_random_moments_also_during_resumes_ends_bitwise_as_an_uninterrupted_run(tmp_path, caplog):
+def test_sigkill_at_random_moments_also_during_resumes_ends_bitwise_as_an_uninterrupted_run(
+    fork_server, caplog
+):
     """The fault campaign: `gradwell train` killed at random moments (before its folder exists,
     mid-epoch, during checkpoint writes, during its final writes), its resumes killed too, ends
     with the weights and metrics of a run never killed. GRADWELL_FAULT_KILLS sets the number of
@@ -600,18 +653,13 @@ def test_sigkill_at_random_moments_also_during_resumes_ends_bitwise_as_an_uninte
     caplog.set_level(logging.INFO, logger=__name__)
     kills = int(os.environ.get("GRADWELL_FAULT_KILLS", "10"))
     seed = int(os.environ.get("GRADWELL_FAULT_SEED", "0"))
+    server = fork_server  # its folder holds the runs
     started = time.time()
-    server = ForkServer(tmp_path)
-    try:
-        log.info("the fork server started in %.1f s", time.time() - started)
-        started = time.time()
-        assert server.run([*CAMPAIGN, "--set", "output.name=whole"]) == 0, server.log.read_text()
-        whole = tmp_path / "runs" / "whole"
-        campaign = Campaign(server, whole, started, seed, kills)
-        cycle = 0
-        while len(campaign.history) < kills:
-            campaign.check_same_run(campaign.finish(f"cut{cycle}"), whole)
-            cycle += 1
-        log.info("%d kills over %d runs, each resumed to its end: %s", kills, cycle, dict(campaign.stages))
-    finally:
-        server.close()
+    assert server.run([*CAMPAIGN, "--set", "output.name=whole"]) == 0, server.log.read_text()
+    whole = server.cwd / "runs" / "whole"
+    campaign = Campaign(server, whole, started, seed, kills)
+    cycle = 0
+    while len(campaign.history) < kills:
+        campaign.check_same_run(campaign.finish(f"cut{cycle}"), whole)
+        cycle += 1
+    log.info("%d kills over %d runs, each resumed to its end: %s", kills, cycle, dict(campaign.stages))
