@@ -129,8 +129,10 @@ class Recorder:
         self.skipped: Counter[str] = Counter()  # calls beyond MAX_CALLS
         self.owners: list[tuple[str, str | None]] = []  # (name, kind) of the running forwards
         self.axis = -1  # where the units lie, from the last structural layer
-        self.embedded: set[int] = set()  # ids of embedding outputs and of their sums
-        self.normalized: set[int] = set()  # ids of LayerNorm outputs
+        # embedding outputs and their sums, LayerNorm outputs, by id: each tensor is held for the
+        # pass, so that no tensor made later (once it is freed) takes its id and its role
+        self.embedded: dict[int, Tensor] = {}
+        self.normalized: dict[int, Tensor] = {}
         self.skips_normalized = False  # a residual addition took a LayerNorm's output: post-LN
         self.forward_done = False  # a backward pass began: later forwards are not this pass's
         self.mode: FunctionCalls | None = None
@@ -220,7 +222,7 @@ class Recorder:
         if not self.recording or not self.owners or self.inside_activation():
             return
         if kind == "residual" and any(id(a) in self.embedded for a in args[:2]):
-            self.embedded.add(id(output))  # a sum of embeddings (tokens + positions): no skip connection
+            self.embedded[id(output)] = output  # a sum of embeddings (tokens + positions): no skip connection
             return
         if kind == "residual" and any(id(a) in self.normalized for a in args[:2]):
             self.skips_normalized = True
@@ -247,9 +249,9 @@ class Recorder:
         if layer.kind in STRUCTURAL_KINDS and layer.kind != "residual":
             self.axis = layer.axis
         if layer.kind == "embedding":
-            self.embedded.add(id(y))
+            self.embedded[id(y)] = y
         elif layer.kind == "layernorm":
-            self.normalized.add(id(y))
+            self.normalized[id(y)] = y
         self.found[layer.name] = layer
         self.activations[layer.name] = activation_stats(y, layer.kind, self.quantile_sample, layer.axis)
         if self.keep_samples:
@@ -257,9 +259,15 @@ class Recorder:
         if y.requires_grad:
             y.register_hook(self.guarded(self.gradient_hook(layer.name, layer.axis)))
 
+    def backward_began(self) -> None:
+        """The forward pass is over: later forwards are not this pass's, and the data flow is known."""
+        self.forward_done = True
+        self.embedded.clear()
+        self.normalized.clear()
+
     def gradient_hook(self, name: str, axis: int):
         def hook(grad: Tensor) -> None:
-            self.forward_done = True
+            self.backward_began()
             self.out_grads[name] = gradient_stats(grad, axis)
             if self.keep_samples:
                 self.grad_samples[name] = subsample(grad.detach().reshape(-1), self.keep_samples)
@@ -269,7 +277,7 @@ class Recorder:
     def accumulated(self, param: Tensor) -> None:
         """A parameter's gradient is complete (for this backward): its moments, and a copy of the
         weight before the optimizer changes it."""
-        self.forward_done = True
+        self.backward_began()
         if self.scale is None and self.scaler is not None:
             self.scale = loss_scale(self.scaler)
         self.moments[id(param)] = grad_moments(param.grad)
