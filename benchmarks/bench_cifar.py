@@ -5,7 +5,7 @@
 Nothing is downloaded: a full-size archive in CIFAR-10's binary format (5 training batches of
 10,000 records and a test batch, random bytes, gzipped) is written to a temporary cache and
 REGISTRY is pointed at its size and SHA-256. Each measurement runs in a fresh process (this
-script with ``--measure``), whose peak resident memory (``ru_maxrss``) is read after the work and
+script with ``--measure``), whose peak resident memory (VmHWM) is read after the work and
 compared with its resident memory once torch and gradwell are imported:
 
 - ``load``: ``gradwell.data.load("cifar10")`` standardized per channel, as ``gradwell train``
@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tarfile
@@ -63,7 +62,10 @@ def resident_mb() -> float:
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KiB on Linux
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries the parent's
+    resident size at fork into a child's ru_maxrss, and the parent here held the archive."""
+    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1e3  # kB
 
 
 def held_mb(dataset) -> float:

@@ -28,7 +28,10 @@ from gradwell.train import fit
 NETWORKS = {
     "2x100 ReLU": {"hidden": [100, 100]},
     "2x100 ReLU, BN, dropout 0.2": {"hidden": [100, 100], "batchnorm": "before", "dropout": 0.2},
+    "10x100 ReLU": {"hidden": [100] * 10},
+    "10x100 ReLU, BN, dropout 0.2": {"hidden": [100] * 10, "batchnorm": "before", "dropout": 0.2},
     "30x100 ReLU": {"hidden": [100] * 30},
+    "30x100 ReLU, BN, dropout 0.2": {"hidden": [100] * 30, "batchnorm": "before", "dropout": 0.2},
     "3x512 ReLU": {"hidden": [512] * 3},
 }
 
