@@ -173,3 +173,18 @@ def test_an_optimizer_without_an_elementwise_update_is_refused(data):
             epochs=1,
             batch_size=16,
         )
+
+
+def test_batching_is_refused_only_where_the_benchmark_found_it_slower():
+    from gradwell.experiment.batched import too_large_to_pay
+
+    def nets(**options):
+        return [models.mlp(40, 10, generator=torch.Generator().manual_seed(s), **options) for s in range(2)]
+
+    assert too_large_to_pay(nets(hidden=[100] * 10)) is None
+    assert too_large_to_pay(nets(hidden=[100] * 30)) == (  # the output layer counts too
+        "31 Linear layers that fit's fused MLP step trains about as fast one seed at a time "
+        "(batching pays up to 11)"
+    )
+    assert too_large_to_pay(nets(hidden=[100] * 30, batchnorm="before", dropout=0.2)) is None  # 1.85x batched
+    assert too_large_to_pay(nets(hidden=[512] * 3)) == "a layer of 262144 weights (batching pays up to 65536)"

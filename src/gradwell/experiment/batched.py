@@ -59,8 +59,11 @@ CLIP_OPTIONS = ("clipnorm", "global_clipnorm")
 LARGEST_BATCHED_LAYER = 256 * 256
 # A plain Linear + activation stack trains one seed at a time on fit's fused MLP step, which cuts
 # the same per-operation overhead batching does: batching 10 seeds still ran 3.4x faster on 2 x 100
-# layers, but no faster on 30 x 100 (BENCHMARKS.md).
-DEEPEST_BATCHED_FUSED = 10
+# hidden layers and 1.2x on 10 x 100 (11 Linear layers with the output), but no faster on 30 x 100
+# (BENCHMARKS.md). With BatchNorm and dropout the fused step gains less than batching: batching ran
+# 1.8x faster on 10 x 100 and 30 x 100 alike, so the limit holds for plain stacks only.
+DEEPEST_BATCHED_FUSED = 11
+PLAIN = ("linear", "activation")
 
 
 class StackedLinear(nn.Module):
@@ -274,7 +277,8 @@ def too_large_to_pay(models: Sequence[nn.Module]) -> str | None:
     if largest > LARGEST_BATCHED_LAYER:
         return f"a layer of {largest} weights (batching pays up to {LARGEST_BATCHED_LAYER})"
     fused = plan(models[0])
-    depth = 0 if isinstance(fused, str) else len(fused.linears)
+    plain = not isinstance(fused, str) and all(kind in PLAIN for kind, _ in fused.modules)
+    depth = len(fused.linears) if plain else 0
     if depth > DEEPEST_BATCHED_FUSED:
         return (
             f"{depth} Linear layers that fit's fused MLP step trains about as fast one seed at a "
