@@ -439,3 +439,18 @@ def test_a_diverging_batchnorm_net_fails_on_the_fused_path_as_it_fails_eagerly()
             fit(model, data, optimizer=optimizer, epochs=2, batch_size=32, seed=7, fast=fast, progress=False)
         messages.append(str(caught.value))
     assert messages[0] == messages[1] and "non-finite at step" in messages[0]
+
+
+def test_the_penalties_apply_on_the_steps_a_callback_samples_eagerly():
+    from gradwell.diagnose import Monitor
+
+    monitors = [Monitor(every=3), Monitor(every=3)]
+    nets = [network(activation="relu", batchnorm="before") for _ in monitors]
+    histories = [
+        trained(net, fast, callbacks=[monitor], l1=1e-3, l2=1e-2)
+        for net, fast, monitor in zip(nets, (False, True), monitors, strict=True)
+    ]
+    assert histories[1].path.startswith("training path: fused-mlp")
+    for value, other in zip(nets[0].state_dict().values(), nets[1].state_dict().values(), strict=True):
+        assert torch.allclose(value, other, rtol=1e-9, atol=1e-12)
+    assert monitors[1].history().steps == monitors[0].history().steps

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from gradwell.activations import FusedKernel, activation_info
 from gradwell.norm import BatchNorm
 from gradwell.optim import is_elementwise
-from gradwell.regularize import max_norm_
+from gradwell.regularize import l1_l2_penalty, max_norm_
 from gradwell.train.fused_ops import (
     ActivationLayer,
     AlphaDropoutLayer,
@@ -49,8 +49,8 @@ from gradwell.train.fused_ops import (
 )
 from gradwell.train.step import Metrics, StepContext
 
-# activation -> (forward, backward(grad, z, a), whether backward needs z), declared by each
-# activation's record (gradwell.activations.ActivationInfo.fused)
+# activation -> (forward, backward(grad, z, a), whether backward needs z, what it learns and its
+# gradient), declared by each activation's record (gradwell.activations.ActivationInfo.fused)
 Kernel = FusedKernel
 
 
@@ -223,7 +223,8 @@ class FusedStep:
         found = plan(model)
         self.flatten = found.flatten
         self.model, self.loss_fn, self.optimizer, self.metrics = model, loss_fn, optimizer, metrics
-        self.accuracy, self.max_norm = accuracy, max_norm
+        self.accuracy, self.max_norm, self.l1, self.l2 = accuracy, max_norm, l1, l2
+        self.weights = [linear.weight for linear in found.linears]  # what the l1/l2 penalty covers
         self.params = found.parameters()
         first = self.params[0]
         total = sum(p.numel() for p in self.params)
@@ -260,7 +261,8 @@ class FusedStep:
             p.grad = None
         output = self.model(x)
         loss = self.loss_fn(output, y)
-        loss.backward()
+        penalized = loss + l1_l2_penalty(self.weights, self.l1, self.l2) if self.l1 or self.l2 else loss
+        penalized.backward()
         with torch.no_grad():
             torch.cat([p.grad.reshape(-1) for p in self.params], out=self.flat.grad)
         return self.finish(loss.detach(), output.detach(), y)
