@@ -30,7 +30,6 @@ LARS: a trust ratio over the stacked tensor would mix the seeds).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from gradwell.norm import BatchNorm
 from gradwell.optim import is_elementwise
 from gradwell.regularize import l1_l2_penalty, max_norm_
 from gradwell.train.fused import plan
+from gradwell.train.fused_ops import alpha_dropout_affine
 from gradwell.train.loop import History
 from gradwell.train.losses import CLASSIFICATION, LOSSES
 from gradwell.train.options import TrainOptions, training_options
@@ -155,9 +155,6 @@ class SeedDropout(nn.Module):
     seed k gets the masks a single run seeded with k gets.
     """
 
-    # AlphaDropout's constant: -SELU's lambda * alpha, the value a dropped SELU unit takes
-    ALPHA = 1.7580993408473766
-
     def __init__(self, p: float, generators: Sequence[torch.Generator], alpha: bool) -> None:
         super().__init__()
         self.p, self.generators, self.alpha = p, list(generators), alpha
@@ -170,10 +167,8 @@ class SeedDropout(nn.Module):
             keep[k].bernoulli_(1 - self.p, generator=generator)
         if not self.alpha:
             return x * keep.div_(1 - self.p)
-        # AlphaDropout: dropped units go to -alpha', then an affine map restores mean and variance
-        a = 1.0 / math.sqrt((self.ALPHA**2 * self.p + 1) * (1 - self.p))
-        shift = (keep - 1).mul_(self.ALPHA * a).add_(self.ALPHA * a * self.p)
-        return x * keep.mul_(a) + shift
+        scale, shift = alpha_dropout_affine(keep, self.p)  # dropped units at -alpha', then A x + B
+        return x * scale + shift
 
     def unstack_into(self, modules: Sequence[nn.Module]) -> None: ...
 

@@ -135,18 +135,23 @@ class DropoutLayer:
         return grad * noise if needs_input else None
 
 
+def alpha_dropout_affine(keep: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """AlphaDropout's (A keep, B(keep)) for a 0/1 mask `keep` (overwritten), so that the output is
+    x * A keep + B(keep), computed as torch's kernel computes them (the seed-batched path too)."""
+    scale = 1.0 / math.sqrt((ALPHA * ALPHA * p + 1) * (1 - p))
+    shift = keep.add(-1).mul_(ALPHA * scale).add_(ALPHA * scale * p)
+    return keep.mul_(scale), shift
+
+
 class AlphaDropoutLayer:
     """AlphaDropout (Klambauer et al., 2017): dropped units set to SELU's saturation -lambda*alpha,
     then an affine map A x + B that keeps the mean and variance: y = a * (A mask) + B(mask)."""
 
     def __init__(self, p: float) -> None:
         self.p = p
-        self.scale = 1.0 / math.sqrt((ALPHA * ALPHA * p + 1) * (1 - p))
 
     def forward(self, a: Tensor) -> tuple[Tensor, Tensor]:
-        noise = torch.empty_like(a).bernoulli_(1 - self.p)
-        shift = noise.add(-1).mul_(ALPHA * self.scale).add_(ALPHA * self.scale * self.p)
-        noise.mul_(self.scale)
+        noise, shift = alpha_dropout_affine(torch.empty_like(a).bernoulli_(1 - self.p), self.p)
         return a * noise + shift, noise
 
     def backward(self, grad: Tensor, noise: Tensor, needs_input: bool) -> Tensor | None:
