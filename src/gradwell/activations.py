@@ -309,14 +309,14 @@ def prelu_kernel(module: nn.Module) -> FusedKernel | None:
 
 
 def rrelu_kernel(module: nn.Module) -> FusedKernel | None:
-    """RReLU in training: the forward draws its slopes as the eager module does (F.rrelu, same
-    generator); the backward recovers each slope as a / z, exact up to two roundings for any
-    pre-activation that is not subnormal."""
+    """RReLU: the forward draws its slopes in training as the eager module does (F.rrelu, same
+    generator; the mean slope in eval); the backward recovers each slope as a / z, exact up to two
+    roundings for any pre-activation that is not subnormal."""
     if type(module) not in (nn.RReLU, RReLU):
         return None
     lower, upper = module.lower, module.upper
     return FusedKernel(
-        lambda z: F.rrelu(z, lower, upper, training=True),
+        lambda z: F.rrelu(z, lower, upper, training=module.training),
         lambda g, z, a: torch.where(z >= 0, g, g * a / z),
         True,
     )
