@@ -308,13 +308,19 @@ def test_fused_batchnorm_equals_the_eager_layer_and_autograd_in_float64(center, 
     layer = BatchNormLayer(fused, grads)
     y, saved = layer.forward(x)
     dx = layer.backward(dy, saved, True)
-    assert torch.allclose(y, expected, rtol=1e-12, atol=1e-13) and torch.allclose(
-        dx, leaf.grad, rtol=1e-10, atol=1e-12
-    )
+    assert torch.equal(y, expected) and torch.equal(dx, leaf.grad)  # the eager layer's, bit for bit
     for p, q in zip(fused.parameters(), eager.parameters(), strict=True):
-        assert torch.allclose(grads[id(p)], q.grad, rtol=1e-12, atol=1e-13)
+        assert torch.equal(grads[id(p)], q.grad)
     for name in ("running_mean", "running_var"):
-        assert torch.allclose(getattr(fused, name), getattr(eager, name), rtol=1e-12, atol=1e-15)
+        assert torch.equal(getattr(fused, name), getattr(eager, name))
+    # and the chapter's equations, written out in float64
+    r = torch.rsqrt(x.var(0, correction=0) + fused.eps)
+    x_hat, gamma = (x - x.mean(0)) * r, fused.weight if scale else torch.ones(5, dtype=torch.float64)
+    dbeta, dgamma = dy.sum(0), (dy * x_hat).sum(0)
+    assert torch.allclose(y, x_hat * gamma + (fused.bias if center else 0), rtol=1e-12, atol=1e-13)
+    assert torch.allclose(dx, gamma * r * (dy - (dbeta + x_hat * dgamma) / len(x)), rtol=1e-10, atol=1e-12)
+    if scale:
+        assert torch.allclose(grads[id(fused.weight)], dgamma, rtol=1e-12, atol=1e-13)
     y.fill_(0.0)  # an in-place activation after the layer must leave what its backward keeps alone
     assert torch.equal(layer.backward(dy, saved, True), dx)
 

@@ -3,17 +3,19 @@
 A layer's ``forward(a)`` returns its output and what it saves; ``backward(grad, saved, needs_input)``
 writes the gradients of its parameters into their views of the step's flat gradient buffer and
 returns the gradient of its input (None when `needs_input` is false: the first layer's input is
-the data). Every formula is checked against autograd in float64 (tests/test_fused.py).
+the data). Every layer is checked against autograd in float64 (tests/test_fused.py).
 
 Batch normalization, for a batch x of N rows, per feature (Ioffe and Szegedy, 2015):
 
     mu = mean(x), var = mean((x - mu)^2), r = 1 / sqrt(var + eps), x_hat = (x - mu) r
-    forward:  y = gamma x_hat + beta   (x_hat and r from torch's kernel, as the eager layer's)
-    backward: g_hat = gamma dy
-              dx = r (g_hat - mean(g_hat) - x_hat mean(g_hat x_hat))
-                 = gamma r (dy - (dbeta + x_hat dgamma) / N)
-              dgamma = sum(dy x_hat),  dbeta = sum(dy)
+    forward:  y = gamma x_hat + beta
+    backward: dx = gamma r (dy - (dbeta + x_hat dgamma) / N),  dgamma = sum(dy x_hat),  dbeta = sum(dy)
 
+runs through torch's own kernels in both directions (``native_batch_norm`` and
+``native_batch_norm_backward``), the ones autograd runs for the eager layer: the results are the
+eager layer's bit for bit, overflow included. A formula written out by hand computed the same
+function in another order, from x_hat where torch's kernel uses x - mu, and a diverging run then
+trained on with a NaN validation loss where the eager one stops at the step and layer.
 and the moving statistics are updated by the module's own ``update_moving_statistics`` from the
 same batch statistics, so they equal the eager layer's. Dropout and AlphaDropout draw their masks as torch's
 CPU kernels do (``empty_like(x).bernoulli_(1 - p)``, then the same scaling), from the same
@@ -89,36 +91,30 @@ class BatchNormLayer:
         self.weight_grad = grads[id(norm.weight)] if norm.weight is not None else None
         self.bias_grad = grads[id(norm.bias)] if norm.bias is not None else None
 
-    def forward(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         count = self.norm.values_per_feature(x, (1,))  # one row is refused, as by the eager layer
-        # torch's kernel, as the eager layer runs it: statistics accumulated in float64 for float32
-        # (a diverging run fails where the eager one does), the batch's mean and unbiased variance
-        # written into scratch buffers (momentum 1), 1 / sqrt(var + eps) returned
+        # as the eager layer calls torch's kernel: the batch's mean and unbiased variance written into
+        # scratch buffers (momentum 1), the mean and 1 / sqrt(var + eps) returned for the backward
         mean, unbiased = torch.zeros_like(self.norm.running_mean), torch.zeros_like(self.norm.running_var)
-        x_hat, _, rstd = torch.native_batch_norm(x, None, None, mean, unbiased, True, 1.0, self.eps)
-        if self.weight is not None and self.bias is not None:
-            y = torch.addcmul(self.bias, x_hat, self.weight)
-        elif self.weight is not None:
-            y = x_hat * self.weight
-        else:  # a copy, so that an in-place activation after it leaves x_hat alone
-            y = x_hat + self.bias if self.bias is not None else x_hat.clone()
-        self.norm.update_moving_statistics(mean, unbiased * ((count - 1) / count))
-        return y, (x_hat, rstd)
-
-    def backward(self, grad: Tensor, saved: tuple[Tensor, Tensor], needs_input: bool) -> Tensor | None:
-        """With dbeta = sum(dy) and dgamma = sum(dy x_hat), mean(g_hat) = gamma dbeta / N and
-        mean(g_hat x_hat) = gamma dgamma / N, so dx = gamma r (dy - (dbeta + x_hat dgamma) / N):
-        five passes over the batch instead of nine."""
-        x_hat, rstd = saved
-        dbeta = torch.sum(grad, 0, out=self.bias_grad) if self.bias_grad is not None else grad.sum(0)
-        product = grad * x_hat
-        dgamma = (
-            torch.sum(product, 0, out=self.weight_grad) if self.weight_grad is not None else product.sum(0)
+        y, saved_mean, rstd = torch.native_batch_norm(
+            x, self.weight, self.bias, mean, unbiased, True, 1.0, self.eps
         )
-        if not needs_input:
-            return None
-        scale = rstd * self.weight if self.weight is not None else rstd
-        return torch.addcmul(dbeta, x_hat, dgamma).mul_(-1.0 / len(grad)).add_(grad).mul_(scale)
+        self.norm.update_moving_statistics(mean, unbiased * ((count - 1) / count))
+        return y, (x, saved_mean, rstd)  # y is fresh: an in-place activation after it leaves x alone
+
+    def backward(
+        self, grad: Tensor, saved: tuple[Tensor, Tensor, Tensor], needs_input: bool
+    ) -> Tensor | None:
+        x, saved_mean, rstd = saved
+        wanted = [needs_input, self.weight_grad is not None, self.bias_grad is not None]
+        dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            grad, x, self.weight, None, None, saved_mean, rstd, True, self.eps, wanted
+        )
+        if self.weight_grad is not None:
+            self.weight_grad.copy_(dgamma)
+        if self.bias_grad is not None:
+            self.bias_grad.copy_(dbeta)
+        return dx
 
 
 class DropoutLayer:
