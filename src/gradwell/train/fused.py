@@ -7,11 +7,11 @@ a loop of a few hundred small kernels, one per tensor and operation. For a stack
 BatchNorm, Dropout / AlphaDropout layers and elementwise activations, all of that is known in
 advance, so this step does it by hand (the layers are in gradwell.train.fused_ops):
 
-- forward: ``z = addmm(b, a, W^T)``, batch normalization with the batch's statistics (moving
-  averages updated as the eager layer does), dropout masks drawn as torch's kernels draw them,
-  and the activation, each keeping what its backward needs;
+- forward: ``z = addmm(b, a, W^T)``, batch normalization with the batch's statistics through
+  torch's kernel (moving averages updated as the eager layer does), dropout masks drawn as
+  torch's kernels draw them, and the activation, each keeping what its backward needs;
 - backward: torch's own activation backward kernels (``elu_backward`` for SELU and ELU,
-  ``threshold_backward`` for ReLU, ...), batch normalization's backward by its formula, then
+  ``threshold_backward`` for ReLU, ...) and ``native_batch_norm_backward``, then
   ``dW = dz^T a`` (plus the l1/l2 penalty's gradient) and ``db = sum(dz)`` written straight into
   a flat gradient buffer, and ``da = dz W``; autograd only differentiates the loss with respect
   to the logits;
