@@ -173,6 +173,35 @@ class SeedDropout(nn.Module):
     def unstack_into(self, modules: Sequence[nn.Module]) -> None: ...
 
 
+class StackedLearnedActivation(nn.Module):
+    """K PReLUs or K learnable Swishes: each seed's alpha or beta, (K, 1, C) or (K, 1, 1), against
+    its (K, B, C) slice: PReLU(x) = x if x > 0 else alpha x, Swish(x) = x sigmoid(beta x)."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.prelu = isinstance(modules[0], nn.PReLU)
+        values = [learned_parameter(module) for module in modules]
+        self.weight = nn.Parameter(torch.stack([v.detach() for v in values]).unsqueeze(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.prelu:
+            return torch.where(x > 0, x, self.weight * x)
+        return x * torch.sigmoid(self.weight * x)
+
+    def unstack_into(self, modules: Sequence[nn.Module]) -> None:
+        for k, module in enumerate(modules):
+            learned_parameter(module).copy_(self.weight[k, 0])
+
+
+def learned_parameter(module: nn.Module) -> Tensor | None:
+    """PReLU's alpha or a learnable Swish's beta, the activations the seed-batched path stacks."""
+    if isinstance(module, nn.PReLU):
+        return module.weight
+    if isinstance(module, activations.Swish) and module.learnable:
+        return module.beta
+    return None
+
+
 class StackedFlatten(nn.Module):
     """nn.Flatten(1) of each seed's batch: (K, B, *shape) -> (K, B, prod(shape))."""
 
@@ -213,6 +242,8 @@ def leaf_problem(module: nn.Module) -> str | None:
         return None
     if isinstance(module, nn.Flatten):
         return None if (module.start_dim, module.end_dim) == (1, -1) else "Flatten other than Flatten(1)"
+    if learned_parameter(module) is not None:
+        return None
     info = activations.activation_info(module)
     if info is not None and info.stackable and not isinstance(module, nn.RReLU):
         has_state = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
@@ -243,8 +274,8 @@ def stack_problem(
     >>> from gradwell.models import mlp
     >>> stack_problem([mlp(4, 2, hidden=[8]), mlp(4, 2, hidden=[8])]) is None
     True
-    >>> stack_problem([mlp(4, 2, hidden=[8], activation="prelu")] * 2)
-    'layer PReLU is not supported by seed-batched training'
+    >>> stack_problem([mlp(4, 2, hidden=[8], activation="rrelu")] * 2)
+    'layer RReLU is not supported by seed-batched training'
     """
     if not models:
         return "no models"
@@ -299,6 +330,8 @@ def stack(models: Sequence[nn.Module], generators: Sequence[torch.Generator]) ->
             stacked.append(SeedDropout(first.p, generators, isinstance(first, nn.AlphaDropout)))
         elif isinstance(first, nn.Flatten):
             stacked.append(StackedFlatten())
+        elif learned_parameter(first) is not None:
+            stacked.append(StackedLearnedActivation(column))
         else:
             stacked.append(Shared(first))
     return nn.Sequential(*stacked)
