@@ -32,13 +32,13 @@ def test_every_config_and_seed_is_recorded_and_failures_are_kept():
         "elu": tiny(),
         "diverges": tiny(optimizer={"name": "sgd", "lr": 1e6}),
         "bad": tiny(model={"kind": "mlp", "activation": "relux"}),
-        "prelu": tiny(model={"kind": "mlp", "hidden": [16], "activation": "prelu"}),
+        "rrelu": tiny(model={"kind": "mlp", "hidden": [16], "activation": "rrelu"}),
         "wide": tiny(model={"kind": "mlp", "hidden": [8, 300, 300]}),
     }
     results = run(arms, seeds=[0, 1, 2], workers=0)
     assert [(r.label, r.seed) for r in results.records] == [(a, s) for a in arms for s in (0, 1, 2)]
     assert results.paths["elu"] == "batched" and results.paths["diverges"] == "batched"
-    assert results.paths["prelu"].startswith("single (") and "PReLU" in results.paths["prelu"]
+    assert results.paths["rrelu"].startswith("single (") and "RReLU" in results.paths["rrelu"]
     assert results.paths["wide"] == "single (a layer of 90000 weights (batching pays up to 65536))"
     assert all(r.ok and len(r.history) == 2 and 0.3 < r.test["accuracy"] <= 1 for r in results.runs("elu"))
     assert all(not r.ok and r.error.startswith("NonFiniteError") for r in results.runs("diverges"))
