@@ -1,5 +1,6 @@
 """gradwell.train.nonfinite: where a batch first turns non-finite, forward or backward, without a trace."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,3 +63,23 @@ def test_locating_leaves_modes_buffers_gradients_and_the_global_rng_as_they_were
     assert not any(m.training for m in model.modules())
     assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["eager", "fused"])
+def test_a_finite_epoch_whose_validation_goes_non_finite_stops_with_the_buffers_named(fast):
+    from gradwell import models, optim
+    from gradwell.data import Dataset, Split
+    from gradwell.errors import NonFiniteError
+    from gradwell.train import fit
+
+    x = torch.randn(128, 6, generator=torch.Generator().manual_seed(0)) * 1e20  # unscaled features
+    y = (x[:, 0] > 0).long()
+    data = Dataset(Split(x[:96], y[:96]), Split(x[96:], y[96:]), Split(x[:0], y[:0]), 2, "unscaled")
+    model = models.mlp(6, 2, hidden=[8], input_batchnorm=True, generator=torch.Generator().manual_seed(0))
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    optimizer = optim.create("sgd", model.parameters(), lr=0.01)
+    expected = r"validation loss became non-finite in epoch 1 while the training .*input_norm\.running_var"
+    with pytest.raises(NonFiniteError, match=expected):
+        fit(model, data, optimizer=optimizer, epochs=3, batch_size=32, fast=fast, progress=False)
+    for key, value in model.state_dict().items():  # back where the epoch began: the weights untrained
+        assert torch.equal(value, before[key]), key

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from gradwell.errors import NonFiniteError
@@ -66,6 +67,24 @@ def stop_on_signals(run: Run) -> Iterator[None]:
     finally:
         for number, old in previous.items():
             signal.signal(number, old)
+
+
+def nonfinite_validation(run: Run, epoch_start: dict[str, Any]) -> NonFiniteError:
+    """A training epoch that stayed finite while the model in eval mode does not: its non-finite
+    buffers named (BatchNorm's moving variance overflows on unscaled inputs, for one), the run put
+    back where the epoch began."""
+    broken = [
+        name for name, buffer in run.model.named_buffers()
+        if buffer.is_floating_point() and not bool(torch.isfinite(buffer).all())
+    ]  # fmt: skip
+    state.apply(run, run.metrics, epoch_start)
+    named = f" (non-finite: {', '.join(broken[:5])})" if broken else ""
+    return NonFiniteError(
+        f"the validation loss became non-finite in epoch {run.epoch + 1} while the training loss stayed "
+        f"finite: the model in eval mode computes non-finite outputs{named}. The model keeps the weights "
+        "and statistics from before that epoch, and the last checkpoint (if any) is untouched. Standardize "
+        "the inputs (data.standardize) or lower the learning rate"
+    )
 
 
 def nonfinite_error(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,7 @@ from gradwell.errors import ConfigError
 from gradwell.selfnorm import warn_if_penalties_break_self_normalization
 from gradwell.train import checkpoint, distributed, nonfinite, state
 from gradwell.train.callbacks import Callback
-from gradwell.train.guard import Interrupted, nonfinite_error, stop_on_signals
+from gradwell.train.guard import Interrupted, nonfinite_error, nonfinite_validation, stop_on_signals
 from gradwell.train.losses import as_split, check_data_fits_model, evaluate
 from gradwell.train.options import TrainOptions, training_options
 from gradwell.train.paths import BuiltStep, choose
@@ -312,6 +313,9 @@ def train_epochs(run: Run, step: BuiltStep, data: DeviceData, guard: EpochGuard)
             guard.check(run, first_nonfinite, epoch_start)
         if data.val is not None:
             val = evaluate(run.model, data.val.stored, data.val.y, run.options.loss, decode=data.val.features)
+            if epoch_start is not None and not math.isfinite(val["loss"]):
+                with step.user_view():
+                    raise nonfinite_validation(run, epoch_start)
             logs.update({f"val_{k}": v for k, v in val.items()})
         end_epoch(run, logs, started)
         if guard.saves:
