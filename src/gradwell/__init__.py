@@ -47,7 +47,7 @@ from gradwell.norm import BatchNorm
 from gradwell.optim import SGD, AdaGrad, Adam, AdaMax, AdamW, Nadam, RMSProp
 from gradwell.pretrain import RBM, autoencoder, auxiliary, gan, greedy_layerwise
 from gradwell.regularize import l1_l2_penalty, max_norm_, mc_dropout_predict
-from gradwell.train import Callback, EarlyStopping, History, TrainOptions, evaluate, fit
+from gradwell.train import Callback, EarlyStopping, History, TrainOptions, evaluate, fit, lr_find
 from gradwell.transfer import clone, fine_tune, freeze, layerwise_lr, reuse, unfreeze
 
 __version__ = "0.1.0"
@@ -116,6 +116,7 @@ __all__ = [
     "lecun_normal_",
     "lecun_uniform_",
     "load",
+    "lr_find",
     "max_norm_",
     "mc_dropout_predict",
     "mlp",

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 from rich.logging import RichHandler
 
-from gradwell.commands import claims, compare, datasets, diagnose, fold, report, train, transfer
+from gradwell.commands import claims, compare, datasets, diagnose, fold, lr_find, report, train, transfer
 from gradwell.commands.output import errors, print_error
 from gradwell.errors import GradwellError
 
-COMMANDS = (train, datasets, transfer, diagnose, fold, compare, claims, report)
+COMMANDS = (train, datasets, transfer, diagnose, fold, compare, claims, report, lr_find)
 
 
 def parser() -> argparse.ArgumentParser:
