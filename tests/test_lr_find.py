@@ -21,6 +21,9 @@ CURVE = 2 - np.tanh(2 * (U + 3)) + 5 * np.maximum(0, U + 1) ** 2
 def test_each_suggestion_on_a_curve_with_known_answers():
     assert minimum_over_ten(LRS, CURVE) == pytest.approx(1e-2)
     assert steepest(LRS, CURVE) == pytest.approx(1e-3)
+    startup = CURVE.copy()
+    startup[:3] += [0.9, 0.5, 0.2]  # the smoothing's first steps: a fall that says nothing of the rate
+    assert steepest(LRS, startup) == pytest.approx(1e-3)
     assert valley(LRS, CURVE) == pytest.approx(1e-3)  # halfway along the fall from 1e-5 to 1e-1
     found, warnings = suggest(LRS, CURVE)
     assert found == pytest.approx({"minimum / 10": 1e-2, "steepest": 1e-3, "valley": 1e-3})

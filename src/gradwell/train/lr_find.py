@@ -105,12 +105,14 @@ def minimum_over_ten(lrs: np.ndarray, losses: np.ndarray) -> float:
 
 
 def steepest(lrs: np.ndarray, losses: np.ndarray) -> float | None:
-    """The rate where d loss / d log(lr) is most negative, before the minimum (None: no descent)."""
-    end = int(np.argmin(losses)) + 1
-    if end < 3:
+    """The rate where d loss / d log(lr) is most negative, between the first tenth of the curve
+    (the smoothing's start-up: on the default job's network its first steps fell fastest of all)
+    and the minimum; None when nothing is left to read."""
+    start, end = len(losses) // 10, int(np.argmin(losses)) + 1
+    if end - start < 3:
         return None
-    slopes = np.gradient(losses[:end], np.log(lrs[:end]))
-    return float(lrs[int(np.argmin(slopes))])
+    slopes = np.gradient(losses[start:end], np.log(lrs[start:end]))
+    return float(lrs[start + int(np.argmin(slopes))])
 
 
 def valley(lrs: np.ndarray, losses: np.ndarray) -> float | None:
