@@ -11,53 +11,20 @@ scratch) pretrained on every training input, then ``reuse``d with a new head and
 layers (``gradwell.pretrain.gan``, its defaults: Adam lr 2e-4, beta1 0.5, batches of 64) for the
 same 10 epochs. Every arm sees the same seeds, labeled samples and initial weights; the table gives
 each arm's mean test accuracy (all 10 classes) and the paired differences with 95% t intervals.
+Each seed runs claim 10's own trial (``gradwell.experiment.claims.trials.pretraining_trial``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import torch
 
-from gradwell import build
-from gradwell.data import Split
 from gradwell.experiment import paired, summarize
-from gradwell.experiment.claims.trials import SCALES, Scale, mlp
-from gradwell.experiment.execution import dataset_of
-from gradwell.pretrain import autoencoder, gan
-from gradwell.train.losses import evaluate
-from gradwell.transfer import fine_tune, reuse
+from gradwell.experiment.claims.trials import PRETRAININGS, SCALES, pretraining_trial
 
-ARMS = ("scratch", "autoencoder", "gan")
-
-
-def trial(seed: int, scale: Scale) -> dict[str, float]:
-    """One seed's test accuracy of each arm, as ``claims.trials.pretraining_trial`` runs them."""
-    config = build.with_train(
-        mlp(scale, depth=3, epochs=30, optimizer="nadam", lr=0.001, activation="elu"), seed=seed
-    )
-    dataset = dataset_of(config)
-    order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))
-    labeled = order[: scale.few_labels]
-    few = dataclasses.replace(dataset, train=Split(dataset.train.x[labeled], dataset.train.y[labeled]))
-    prepared = build.prepare(config, few)
-    prepared.fit()
-    test = dataset.test
-    accuracy = {"scratch": evaluate(prepared.model, test.x, test.y)["accuracy"]}
-    frozen = scale.epochs(5)
-    for arm in ARMS[1:]:
-        encoder = build.build_model(config, few)  # the same initial weights as scratch had
-        if arm == "autoencoder":
-            autoencoder(encoder[:-1], dataset, epochs=scale.epochs(10), seed=seed)
-        else:
-            gan(dataset, encoder[:-1], epochs=scale.epochs(10), seed=seed)
-        model = reuse(encoder, drop_top=1, head=10, generator=torch.Generator().manual_seed(seed + 1))
-        fine_tune(model, few, frozen_epochs=frozen, epochs=max(1, config.train.epochs - frozen),
-                  lr=0.001, lr_after_unfreeze=0.001, optimizer="nadam", seed=seed)  # fmt: skip
-        accuracy[arm] = evaluate(model, test.x, test.y)["accuracy"]
-    return accuracy
+ARMS = ("scratch", *PRETRAININGS)
 
 
 def interval(ci: tuple[float, float] | None, sign: str = "") -> str:
@@ -78,7 +45,7 @@ def main() -> None:
     scale, start = SCALES[args.scale], time.perf_counter()
     runs = []
     for seed in range(args.seeds):
-        runs.append(trial(seed, scale))
+        runs.append(pretraining_trial(seed, scale=scale)["extra"])  # claim 10's own trial
         print(f"seed {seed}: " + ", ".join(f"{arm} {runs[-1][arm]:.4f}" for arm in ARMS), flush=True)
     values = {arm: [run[arm] for run in runs] for arm in ARMS}
     print(f"\nscale {scale.name}, {scale.few_labels} labels, {args.seeds} seeds, test accuracy")

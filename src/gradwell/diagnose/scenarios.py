@@ -353,7 +353,7 @@ def run_scenario(name: str, seed: int = 0) -> ScenarioResult:
     generator = torch.Generator().manual_seed(seed)
     model = build(scenario, dataset, generator, seed)
     pick = torch.randperm(len(dataset.train.y), generator=generator)[:BATCH]
-    x, y = dataset.train.x[pick], dataset.train.y[pick]
+    x, y = dataset.train[pick]
     training, monitor = {}, None
     if scenario.train_epochs:
         monitor = Monitor(every=scenario.every)

@@ -34,7 +34,7 @@ from torch import nn
 from gradwell import build, models
 from gradwell import config as configs
 from gradwell.config import Config
-from gradwell.data import Dataset, Split
+from gradwell.data import Dataset
 from gradwell.data.splits import SUBSAMPLE_SEED
 from gradwell.experiment.execution import Evaluate, dataset_of
 from gradwell.regularize import mc_dropout_predict
@@ -282,7 +282,7 @@ def pretraining_trial(seed: int, *, scale: Scale) -> dict[str, Any]:
     dataset = dataset_of(config)
     order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))
     labeled = order[: scale.few_labels]
-    few = dataclasses.replace(dataset, train=Split(dataset.train.x[labeled], dataset.train.y[labeled]))
+    few = dataclasses.replace(dataset, train=dataset.train.select(labeled))  # kept as stored
     epochs, frozen = config.train.epochs, scale.epochs(5)
     prepared = build.prepare(config, few)
     prepared.fit()
