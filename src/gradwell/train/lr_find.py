@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradwell.data import Split
 from gradwell.errors import ConfigError
 from gradwell.train.losses import Loss, as_split, resolve_loss
 
@@ -203,19 +204,21 @@ def batches(n: int, size: int, generator: torch.Generator, device: torch.device)
 
 
 def search(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, loss_fn: Loss,
+    model: nn.Module, train: Split, optimizer: torch.optim.Optimizer, loss_fn: Loss,
     lrs: np.ndarray, batch_size: int, smoothing: float, stop_factor: float, seed: int,
 ) -> LRCurve:  # fmt: skip
     """One seed's run of growing rates, from the model as it is."""
     torch.manual_seed(seed)  # dropout's masks: this seed's (the caller restores the generator)
-    drawn = batches(len(x), batch_size, torch.Generator(device=x.device).manual_seed(seed), x.device)
+    device = train.y.device
+    drawn = batches(len(train), batch_size, torch.Generator(device=device).manual_seed(seed), device)
     model.train()
     average, best, seen, losses = 0.0, math.inf, [], []
     for i, (lr, index) in enumerate(zip(lrs, drawn, strict=False)):  # drawn never ends
         for group in optimizer.param_groups:
             group["lr"] = float(lr)
         optimizer.zero_grad()
-        loss = loss_fn(model(x[index]), y[index])
+        xb, yb = train[index]  # stored pixels decoded a batch at a time
+        loss = loss_fn(model(xb), yb)
         loss.backward()
         optimizer.step()
         average = smoothing * average + (1 - smoothing) * float(loss.detach())
@@ -263,16 +266,14 @@ def lr_find(
     (['minimum / 10', 'steepest', 'valley'], 1e-05)
     """
     check_range(start_lr, end_lr, steps, stop_factor)
-    train = as_split(data.train)
-    device = next(model.parameters()).device
-    x, y = train.x.to(device), train.y.to(device)
+    train = as_split(data.train).to(next(model.parameters()).device)
     lrs = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     loss_fn = resolve_loss(loss)
     curves = []
     for seed in seeds:
         with kept(model, optimizer, scheduler):
             curves.append(
-                search(model, x, y, optimizer, loss_fn, lrs, batch_size, smoothing, stop_factor, seed)
+                search(model, train, optimizer, loss_fn, lrs, batch_size, smoothing, stop_factor, seed)
             )
     length = min(len(curve.losses) for curve in curves)
     median = np.median([curve.losses[:length] for curve in curves], axis=0)
