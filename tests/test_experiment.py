@@ -6,6 +6,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+from conftest import rel_error
 
 from gradwell import config as configs
 from gradwell.cli import main
@@ -32,13 +33,11 @@ def test_every_config_and_seed_is_recorded_and_failures_are_kept():
         "elu": tiny(),
         "diverges": tiny(optimizer={"name": "sgd", "lr": 1e6}),
         "bad": tiny(model={"kind": "mlp", "activation": "relux"}),
-        "rrelu": tiny(model={"kind": "mlp", "hidden": [16], "activation": "rrelu"}),
         "wide": tiny(model={"kind": "mlp", "hidden": [8, 300, 300]}),
     }
     results = run(arms, seeds=[0, 1, 2], workers=0)
     assert [(r.label, r.seed) for r in results.records] == [(a, s) for a in arms for s in (0, 1, 2)]
     assert results.paths["elu"] == "batched" and results.paths["diverges"] == "batched"
-    assert results.paths["rrelu"].startswith("single (") and "RReLU" in results.paths["rrelu"]
     assert results.paths["wide"] == "single (a layer of 90000 weights (batching pays up to 65536))"
     assert all(r.ok and len(r.history) == 2 and 0.3 < r.test["accuracy"] <= 1 for r in results.runs("elu"))
     assert all(not r.ok and r.error.startswith("NonFiniteError") for r in results.runs("diverges"))
@@ -56,6 +55,32 @@ def test_the_batched_path_gives_each_seed_its_single_run():
         assert record.test["loss"] == pytest.approx(single.test["loss"], rel=1e-4)
         for mine, theirs in zip(record.history, single.history, strict=True):
             assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+
+
+def test_an_rrelu_config_is_batched_and_each_seed_trains_as_it_would_alone():
+    # the slopes, and the dropout masks drawn between them, from each seed's own stream
+    config = tiny(model={"kind": "mlp", "hidden": [16], "activation": "rrelu", "dropout": 0.2})
+    batched_weights, single_weights = [], []
+    batched = run({"rrelu": config}, seeds=[4, 9], workers=0, evaluate=keeping(batched_weights))
+    assert batched.paths == {"rrelu": "batched"}
+    for record, weights in zip(batched.records, batched_weights, strict=True):
+        single = train_single("rrelu", config, record.seed, keeping(single_weights))
+        assert record.path == "batched" and single.path == "single"
+        for mine, theirs in zip(record.history, single.history, strict=True):
+            for key in ("loss", "val_loss"):
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-4), key
+        for mine, theirs in zip(weights, single_weights[-1], strict=True):
+            assert rel_error(mine, theirs) < 1e-4
+
+
+def keeping(weights):
+    """An evaluation hook that keeps each trained model's parameters in `weights`."""
+
+    def keep(model, dataset):
+        weights.append([p.detach().clone() for p in model.parameters()])
+        return {}
+
+    return keep
 
 
 def test_custom_arms_and_evaluation_hooks_are_recorded():

@@ -47,6 +47,27 @@ def batch_norm_affine(
     return scale, shift
 
 
+def update_moving_statistics_(
+    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, momentum: float
+) -> None:
+    """moving = moving * momentum + batch * (1 - momentum), in place, for the mean and the variance.
+
+    `var` is the batch's biased variance, as the chapter's equations take it. torch's fused kernel,
+    run with momentum 1 on zeroed scratch buffers, writes the batch's mean and unbiased variance
+    there: its callers (BatchNorm on axis 1, the fused step's BatchNorm layer, the seed-batched
+    one) pass unbiased * (n - 1) / n. The batch statistics are cast to the moving ones' dtype.
+
+    >>> running_mean, running_var = torch.zeros(2), torch.ones(2)
+    >>> mean, var = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 1.0])
+    >>> update_moving_statistics_(running_mean, running_var, mean, var, 0.9)
+    >>> running_mean, running_var  # 0.9 * 0 + 0.1 * batch, 0.9 * 1 + 0.1 * batch
+    (tensor([0.1000, 0.2000]), tensor([1.2000, 1.0000]))
+    """
+    with torch.no_grad():
+        running_mean.lerp_(mean.to(running_mean.dtype), 1.0 - momentum)
+        running_var.lerp_(var.to(running_var.dtype), 1.0 - momentum)
+
+
 def local_moments(x: Tensor, reduced: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     var, mean = torch.var_mean(x, dim=reduced, correction=0, keepdim=True)
     return mean, var
@@ -246,9 +267,7 @@ class BatchNorm(LazyModuleMixin, nn.Module):
         return count
 
     def update_moving_statistics(self, mean: Tensor, biased_var: Tensor) -> None:
-        with torch.no_grad():
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), 1.0 - self.momentum)
-            self.running_var.lerp_(biased_var.to(self.running_var.dtype), 1.0 - self.momentum)
+        update_moving_statistics_(self.running_mean, self.running_var, mean, biased_var, self.momentum)
 
     def normalize_with_batch_statistics(self, x: Tensor, kept: tuple[int, ...]) -> Tensor:
         self.values_per_feature(x, kept)

@@ -7,25 +7,27 @@ Here the K models' parameters are stacked along a leading seed axis, so that
     Linear      W^T: (K, in, out), b: (K, 1, out),  y = baddbmm(b, x, W^T)   for x: (K, B, in)
     BatchNorm   gamma, beta, moving statistics: (K, F), one fused kernel over (B, K * F)
     Dropout     each seed draws its masks from its own generator
+    RReLU       each seed draws its slopes from that same generator
 
 and one step trains all K. The loss is the sum over seeds of each seed's mean loss, so each
 seed's gradient is exactly the one it would get alone; the optimizer must update every element
 on its own (``gradwell.optim.is_elementwise``: gradwell's do, their step counters are shared, and
 equal), and clipping by norm is done per seed here. Each seed starts from its own model (built
-with its own generator), shuffles with its own generator and draws its own dropout masks from a
-generator seeded like the global RNG of ``gradwell.train.fit``: training seed s in a batch gives
-the run ``fit(..., seed=s)`` gives, up to float reassociation (tested in float64 to 1e-10). On
-CUDA, torch draws dropout masks with a fused kernel whose random stream differs, so masks there
-are equally random but not the same as a single run's.
+with its own generator), shuffles with its own generator and draws its dropout masks and RReLU
+slopes from one generator seeded like the global RNG of ``gradwell.train.fit``, layer after layer
+as its lone run draws them from that RNG: training seed s in a batch gives the run
+``fit(..., seed=s)`` gives, up to float reassociation (tested in float64 to 1e-10). On CUDA, torch
+draws dropout masks with a fused kernel whose random stream differs, so masks there (and the
+slopes drawn after them) are equally random but not the same as a single run's.
 
 Supported: nn.Sequential stacks of Linear, gradwell BatchNorm (features axis, frozen or not),
-parameter-free elementwise activations (each activation record's ``stackable``), Dropout and
-AlphaDropout, Flatten; every gradwell optimizer with any clipping, and torch's elementwise ones;
-schedules that step per optimizer step; l1/l2 penalties and max-norm. Not supported
-(``stack_problem`` says which, and the runner trains those seeds one at a time): convolutions,
-PReLU, learnable Swish and RReLU (random slopes), a schedule or early stopping driven by each
-seed's validation loss, a loss given as a function, an optimizer with a per-tensor update (LAMB,
-LARS: a trust ratio over the stacked tensor would mix the seeds).
+parameter-free elementwise activations (each activation record's ``stackable``), PReLU, learnable
+Swish, RReLU, Dropout and AlphaDropout, Flatten; every gradwell optimizer with any clipping, and
+torch's elementwise ones; schedules that step per optimizer step; l1/l2 penalties and max-norm.
+Not supported (``stack_problem`` says which, and the runner trains those seeds one at a time):
+convolutions, a schedule or early stopping driven by each seed's validation loss, a loss given as
+a function, an optimizer with a per-tensor update (LAMB, LARS: a trust ratio over the stacked
+tensor would mix the seeds).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from gradwell import activations
 from gradwell.errors import GradwellError, NonFiniteError
-from gradwell.norm import BatchNorm
+from gradwell.norm import BatchNorm, update_moving_statistics_
 from gradwell.optim import is_elementwise
 from gradwell.regularize import l1_l2_penalty, max_norm_
 from gradwell.train.fused import plan
@@ -102,7 +104,8 @@ class StackedBatchNorm(nn.Module):
     """K gradwell BatchNorms over features: statistics per seed and feature over the batch.
 
     (K, B, F) is laid out as (B, K * F) so that torch's fused kernel normalizes every (seed,
-    feature) column on its own, with the chapter's moving averages applied as in BatchNorm.
+    feature) column on its own, with the chapter's moving averages applied as in BatchNorm (one
+    ``update_moving_statistics_``, from the scratch buffers the kernel writes into).
     """
 
     def __init__(self, norms: Sequence[BatchNorm]) -> None:
@@ -136,9 +139,8 @@ class StackedBatchNorm(nn.Module):
             mean = torch.zeros(k * f, dtype=self.running_mean.dtype, device=x.device)
             unbiased = torch.zeros_like(mean)
             out = F.batch_norm(columns, mean, unbiased, weight, bias, True, 1.0, self.eps)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.view(k, f), 1.0 - self.momentum)
-                self.running_var.lerp_(unbiased.view(k, f) * ((b - 1) / b), 1.0 - self.momentum)
+            mean, biased = mean.view(k, f), unbiased.view(k, f) * ((b - 1) / b)
+            update_moving_statistics_(self.running_mean, self.running_var, mean, biased, self.momentum)
         return out.view(b, k, f).transpose(0, 1)
 
     def unstack_into(self, norms: Sequence[BatchNorm]) -> None:
@@ -169,6 +171,43 @@ class SeedDropout(nn.Module):
             return x * keep.div_(1 - self.p)
         scale, shift = alpha_dropout_affine(keep, self.p)  # dropped units at -alpha', then A x + B
         return x * scale + shift
+
+    def unstack_into(self, modules: Sequence[nn.Module]) -> None: ...
+
+
+class SeedRReLU(nn.Module):
+    """RReLU (Xu et al., 2015) whose slopes for seed k come from generator k, the one its dropout uses.
+
+    In training each element z <= 0 gets a slope r ~ U(lower, upper), y = r z; in eval the mean
+    slope (lower + upper) / 2. torch's CPU kernel draws one number per element z <= 0 only, in
+    order, so the stream a seed consumes depends on its own inputs: each seed's slice goes through
+    that kernel (``rrelu_with_noise``) with its generator, as its lone run's input goes through it
+    with the global RNG. The slopes it writes (1 where z > 0) then give y = z * slopes for all
+    seeds in one product. Its gradient, dy * slopes, is the one autograd takes through torch's
+    kernel for a lone seed, but where upper - lower <= 1e-6: torch's backward then takes the mean
+    slope, off from the drawn ones by under 1e-6.
+
+    >>> generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    >>> z = -torch.ones(2, 3, 4)  # (K, B, F)
+    >>> slopes = -SeedRReLU(nn.RReLU(), generators)(z)
+    >>> _ = torch.manual_seed(1)  # seed 1's lone run: the global RNG, seeded 1
+    >>> torch.equal(slopes[1], -F.rrelu(z[1], training=True))
+    True
+    """
+
+    def __init__(self, module: nn.RReLU, generators: Sequence[torch.Generator]) -> None:
+        super().__init__()
+        self.lower, self.upper, self.generators = module.lower, module.upper, list(generators)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return F.rrelu(x, self.lower, self.upper, training=False)
+        # contiguous, so that each seed's slice is the block the kernel fills in order
+        slopes = torch.empty_like(x, memory_format=torch.contiguous_format)
+        with torch.no_grad():
+            for k, generator in enumerate(self.generators):
+                torch.ops.aten.rrelu_with_noise(x[k], slopes[k], self.lower, self.upper, True, generator)
+        return x * slopes
 
     def unstack_into(self, modules: Sequence[nn.Module]) -> None: ...
 
@@ -242,10 +281,10 @@ def leaf_problem(module: nn.Module) -> str | None:
         return None
     if isinstance(module, nn.Flatten):
         return None if (module.start_dim, module.end_dim) == (1, -1) else "Flatten other than Flatten(1)"
-    if learned_parameter(module) is not None:
+    if learned_parameter(module) is not None or isinstance(module, nn.RReLU):
         return None
     info = activations.activation_info(module)
-    if info is not None and info.stackable and not isinstance(module, nn.RReLU):
+    if info is not None and info.stackable:
         has_state = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
         return f"{name} with learnable parameters" if has_state else None
     return f"layer {name}"
@@ -274,8 +313,8 @@ def stack_problem(
     >>> from gradwell.models import mlp
     >>> stack_problem([mlp(4, 2, hidden=[8]), mlp(4, 2, hidden=[8])]) is None
     True
-    >>> stack_problem([mlp(4, 2, hidden=[8], activation="rrelu")] * 2)
-    'layer RReLU is not supported by seed-batched training'
+    >>> stack_problem([nn.Sequential(nn.Conv1d(1, 2, 3))] * 2)
+    'layer Conv1d is not supported by seed-batched training'
     """
     if not models:
         return "no models"
@@ -314,7 +353,11 @@ def too_large_to_pay(models: Sequence[nn.Module]) -> str | None:
 
 
 def stack(models: Sequence[nn.Module], generators: Sequence[torch.Generator]) -> nn.Sequential:
-    """One network computing all `models` at once on inputs of shape (K, B, ...)."""
+    """One network computing all `models` at once on inputs of shape (K, B, ...).
+
+    ``generators[k]`` stands for seed k's global RNG: its dropout masks and RReLU slopes are drawn
+    from it, layer by layer, in the order its lone run draws them.
+    """
     problem = stack_problem(models)
     if problem is not None:
         raise GradwellError(problem)
@@ -328,6 +371,8 @@ def stack(models: Sequence[nn.Module], generators: Sequence[torch.Generator]) ->
             stacked.append(StackedBatchNorm(column))
         elif isinstance(first, (nn.Dropout, nn.AlphaDropout)):
             stacked.append(SeedDropout(first.p, generators, isinstance(first, nn.AlphaDropout)))
+        elif isinstance(first, nn.RReLU):
+            stacked.append(SeedRReLU(first, generators))
         elif isinstance(first, nn.Flatten):
             stacked.append(StackedFlatten())
         elif learned_parameter(first) is not None:
@@ -529,8 +574,9 @@ def fit_seeds(
     if len(models) != len(seeds):
         raise GradwellError(f"got {len(models)} models for {len(seeds)} seeds; give one model per seed")
     device = torch.device(device) if device is not None else next(models[0].parameters()).device
-    dropout = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    stacked = stack([model.to(device) for model in models], dropout).to(device)
+    # what fit seeds its global RNG with: the dropout masks and RReLU slopes of seed s come from it
+    rngs = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    stacked = stack([model.to(device) for model in models], rngs).to(device)
     loop = make_loop(stacked, optimizer, schedule, options)
     x, y = data.train.x.to(device), data.train.y.to(device)
     val = getattr(data, "val", None)
