@@ -74,6 +74,29 @@ def test_every_claim_runs_and_reports_its_fields():
         claim = json.loads(json.dumps(result.to_dict(), allow_nan=False))
         check_schema(claim, SCALES["smoke"].seeds)
         assert all(r.ok for r in result.results.records), result.notes
+        seeded = result.claim.data_seed is not None  # a claim with its own data seed says so
+        assert ("from data seed" in claim["data"]["sampling"]) == seeded, claim["data"]
+
+
+def test_clipping_rescue_runs_as_declared_before_its_run():
+    # issue 17: claim 6 kept; the rescue declared anew at lr 0.2 on MNIST-1D from data seed 1201
+    (number, claim), (six, clipping) = find(["clipping-rescue"])[0], find(["clipping"])[0]
+    assert (number, six, clipping.data_seed, claim.data_seed) == (13, 6, None, 1201)
+    arms = claim.arms(claim.at(SCALES["full"]))
+    assert sorted(arms) == ["clipped", "unclipped"] and claim.failed_value == catalogue.CHANCE
+    for label, arm in arms.items():
+        assert arm.data == {"name": "mnist1d", "num_samples": 5000, "data_seed": 1201}
+        assert (arm.model["depth"], arm.model["width"], arm.train.epochs) == (10, 100, 10)
+        clip = {"global_clipnorm": 1.0} if label == "clipped" else {}
+        assert arm.optimizer == {"name": "momentum", "lr": 0.2, **clip}
+    assert [part.describe() for part in claim.parts] == ["clipped better than unclipped on test_accuracy"]
+    smoke = SCALES["smoke"]
+    own, default = trials.scale_dataset(claim.at(smoke)), trials.scale_dataset(smoke)
+    assert own.train.x.shape == default.train.x.shape and not torch.equal(own.train.x, default.train.x)
+    assert claim.at(smoke.on("digits")) == smoke.on("digits")  # only generated data has a data seed
+    chosen = find(["6", "13"])  # the suite's data announced, the claim with its own named
+    record = catalogue.announced(chosen, smoke, catalogue.check_data(chosen, smoke))
+    assert record["sampling"].endswith("20% test); claim 13 (clipping-rescue) from data seed 1201")
 
 
 def test_claims_command_json(tmp_path):

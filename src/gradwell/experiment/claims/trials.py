@@ -8,11 +8,12 @@ networks capped at depth 2 and width 16), whose verdicts mean nothing. The setup
 
 The data is MNIST-1D unless a scale names another data set (``Scale.data``, any name
 ``gradwell.data.load`` takes). MNIST-1D is generated, `samples` of it (72% train, 8% validation,
-20% test). Another data set is not made smaller by asking, so its training and validation splits
-are subsampled to the sizes MNIST-1D's would have (``Scale.split_sizes``: 3600 and 400 at the full
-scale), drawn once with a fixed seed, the same for every seed and arm, and its test split is kept
-whole: a bigger test split only measures more precisely. A split smaller than that is kept whole.
-Standardization uses the whole training split (inputs only, no labels).
+20% test), from mnist1d's data seed 42 unless a claim names its own (``Scale.seeded``). Another
+data set is not made smaller by asking, so its training and validation splits are subsampled to
+the sizes MNIST-1D's would have (``Scale.split_sizes``: 3600 and 400 at the full scale), drawn once
+with a fixed seed, the same for every seed and arm, and its test split is kept whole: a bigger test
+split only measures more precisely. A split smaller than that is kept whole. Standardization uses
+the whole training split (inputs only, no labels).
 
 An arm is a Config (``mlp`` here builds the claims' common one) or a trial: a function of the
 seed, for an experiment that is not one training run (the transfer case study, pretraining).
@@ -67,10 +68,22 @@ class Scale:
     mc_samples: int = 100
     few_labels: int = 200  # the chapter's 200 labeled examples of task B
     data: str = GENERATED  # a name gradwell.data.load takes
+    data_seed: int | None = None  # MNIST-1D generated from this seed; None: mnist1d's own, 42
 
     def on(self, data: str) -> Scale:
         """This scale on another data set."""
         return dataclasses.replace(self, data=data)
+
+    def seeded(self, data_seed: int | None) -> Scale:
+        """This scale with MNIST-1D generated from `data_seed`; unchanged for None, or for data that
+        is not generated (another data set is what its files hold).
+
+        >>> SCALES["smoke"].seeded(7).data_seed, SCALES["smoke"].on("digits").seeded(7).data_seed
+        (7, None)
+        """
+        if data_seed is None or self.data != GENERATED or data_seed == self.data_seed:
+            return self
+        return dataclasses.replace(self, data_seed=data_seed)
 
     def split_sizes(self) -> tuple[int, int]:
         """The training and validation samples of MNIST-1D at this scale: another data set's
@@ -111,9 +124,12 @@ def data_section(scale: Scale) -> dict[str, Any]:
 
     >>> data_section(SCALES["smoke"]), data_section(SCALES["smoke"].on("digits"))
     ({'name': 'mnist1d', 'num_samples': 600}, {'name': 'digits', 'train_samples': 432, 'val_samples': 48})
+    >>> data_section(SCALES["smoke"].seeded(7))
+    {'name': 'mnist1d', 'num_samples': 600, 'data_seed': 7}
     """
     if scale.data == GENERATED:
-        return {"name": GENERATED, "num_samples": scale.samples}
+        seed = {} if scale.data_seed is None else {"data_seed": scale.data_seed}
+        return {"name": GENERATED, "num_samples": scale.samples, **seed}
     train, val = scale.split_sizes()
     return {"name": scale.data, "train_samples": train, "val_samples": val}
 
@@ -136,7 +152,8 @@ def data_record(scale: Scale) -> dict[str, Any]:
     dataset = scale_dataset(scale)
     sizes = {split: len(getattr(dataset, split)) for split in ("train", "val", "test")}
     if scale.data == GENERATED:
-        sampling = f"{scale.samples} samples generated (72% train, 8% validation, 20% test)"
+        seeded = "" if scale.data_seed is None else f" from data seed {scale.data_seed}"
+        sampling = f"{scale.samples} samples generated{seeded} (72% train, 8% validation, 20% test)"
     else:
         whole = dataset_of(Config(data={"name": scale.data}))
         parts = []
