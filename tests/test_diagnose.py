@@ -354,21 +354,37 @@ def test_uneven_learning_on_a_rescaled_network_that_computes_the_same_function(b
 
 def test_fixes_are_concrete_for_the_model(reports):
     (saturation,) = [v for v in reports["saturation"].verdicts if v.name == "saturation"]
-    assert (
-        "sigmoid with N(0, 1) initialization: use He initialization with ReLU or Swish, "
-        "or add batch normalization" in saturation.fixes
-    )
+    assert [(fix.text, fix.changes) for fix in saturation.fixes] == [
+        (
+            "sigmoid with N(0, 1) initialization: use He initialization with Swish (or ReLU)",
+            {"model.init": "he_normal", "model.activation": "swish"},
+        ),
+        (
+            'add batch normalization before each activation (batchnorm="before")',
+            {"model.batchnorm": "before"},
+        ),
+    ]
     vanishing = reports["vanishing"].verdicts[0]
-    assert vanishing.fixes[0].startswith(
+    assert vanishing.fix_texts[0].startswith(
         'ReLU with Glorot initialization: use He initialization (init="he_normal")'
     )
+    assert vanishing.fixes[0].changes == {"model.init": "he_normal"}
     assert vanishing.evidence["gradient_ratio"] == pytest.approx(reports["vanishing"].gradient_ratio)
     exploding = reports["exploding"].verdicts[0]
-    assert any(f.startswith("clip with global_clipnorm=") for f in exploding.fixes)
+    (clip,) = [f for f in exploding.fixes if f.text.startswith("clip with global_clipnorm=")]
+    assert clip.text.startswith(
+        f"clip with global_clipnorm={clip.changes['optimizer.global_clipnorm']:.3g} ("
+    )
     dead = reports["dead"].verdicts[0]
     assert dead.layers == ["hidden2"] and dead.evidence["dead"]["hidden2"] == pytest.approx(0.8)
+    assert dead.fixes[0].changes == {
+        "model.activation": "leaky_relu",
+        "model.activation_options": {"alpha": 0.2},
+    }
     selu = [f for v in reports["selu_dropout"].verdicts for f in v.fixes]
-    assert "SELU network with dropout: use AlphaDropout" in selu
+    assert ("SELU network with dropout: use AlphaDropout", {"model.alpha_dropout": True}) in [
+        (f.text, f.changes) for f in selu
+    ]
 
 
 @pytest.mark.parametrize(
@@ -565,7 +581,9 @@ def test_monitor_report_and_clip_fix_from_the_norms_seen():
     assert report.history is not None and report.verdicts
     assert all(v.name in VERDICTS for v in report.verdicts)
     expected = np.percentile(monitor.history().grad_norm, 90)
-    assert clip_fix(report, Thresholds()).startswith(f"clip with global_clipnorm={expected:.3g} (the 90th")
+    assert clip_fix(report, Thresholds()).text.startswith(
+        f"clip with global_clipnorm={expected:.3g} (the 90th"
+    )
     with pytest.raises(ConfigError):
         Monitor(every=0)
     with pytest.raises(GradwellError, match="not sampled"):
@@ -590,7 +608,7 @@ def test_monitor_diagnoses_a_diverging_run():
     first = verdict.evidence["first_step"]
     assert first is not None and not math.isfinite(report.history.loss[first])
     assert all(math.isfinite(v) for v in report.history.loss[:first])
-    assert f"lower the learning rate (it was 20 at step {first})" in verdict.fixes
+    assert f"lower the learning rate (it was 20 at step {first})" in verdict.fix_texts
 
 
 class LossSpike(Callback):
@@ -639,7 +657,7 @@ def test_monitor_diagnoses_a_global_gradient_norm_spike():
     assert verdict.summary == f"the global gradient norm spiked to {ratio:.3g}x its median during training"
     clip = np.percentile(spiked_norms, 90)
     assert f"clip with global_clipnorm={clip:.3g} (the 90th percentile of the 11 gradient norms seen)" in (
-        verdict.fixes
+        verdict.fix_texts
     )
 
 
@@ -660,7 +678,7 @@ REPORT_KEYS = {
     "layers",
     "history",
 }
-VERDICT_KEYS = {"name", "summary", "evidence", "fixes", "layers"}
+VERDICT_KEYS = {"name", "summary", "evidence", "fixes", "fix_changes", "layers"}
 MODEL_KEYS = {
     "activation",
     "init",

@@ -64,9 +64,9 @@ def test_resnet_without_normalization_grows_its_activations_and_fixup_keeps_them
     growth = verdict(report, "exploding_activations")
     # Var triples per block: std sqrt(3)^30 = 1.4e7, measured 6.5e6 from the input layer to block 30
     assert growth.evidence["growth"] > 1e6 and growth.layers == ["input", "blocks.29.add"]
-    assert any("Fixup" in fix and "zero_init_residual" in fix for fix in growth.fixes)
-    assert "add normalization in each block (BatchNorm or LayerNorm)" in growth.fixes
-    assert any("Fixup" in fix for fix in verdict(report, "exploding_gradients").fixes)
+    assert any("Fixup" in fix and "zero_init_residual" in fix for fix in growth.fix_texts)
+    assert "add normalization in each block (BatchNorm or LayerNorm)" in growth.fix_texts
+    assert any("Fixup" in fix for fix in verdict(report, "exploding_gradients").fix_texts)
     # the control: each branch's last layer at zero, every block the identity at initialization
     assert names(control.report.verdicts) == ["healthy"]
     assert activation_growth(control.report) == pytest.approx(1.0)
@@ -96,8 +96,8 @@ def test_the_activation_growth_threshold_sits_between_healthy_and_exploding_nets
     assert healthy.verdicts[0].evidence["activation_growth"] == activation_growth(healthy)
     found = verdict(exploding, "exploding_activations")
     assert found.evidence["growth"] > 30 * Thresholds().activation_growth
-    assert not exploding.model.residual and not any("Fixup" in fix for fix in found.fixes)
-    assert any("use He initialization" in fix for fix in found.fixes)  # architecture_fixes'
+    assert not exploding.model.residual and not any("Fixup" in fix for fix in found.fix_texts)
+    assert any("use He initialization" in fix for fix in found.fix_texts)  # architecture_fixes'
 
 
 def test_post_ln_at_a_high_learning_rate_fails_and_pre_ln_trains():
@@ -107,9 +107,11 @@ def test_post_ln_at_a_high_learning_rate_fails_and_pre_ln_trains():
     assert post.training["loss_after"] > 0.9 * post.training["loss_before"]  # stays at chance, ln 10
     assert abs(post.training["loss_after"] - math.log(10)) < 0.1
     found = verdict(post.report, "vanishing_gradients")
-    assert found.fixes[0].startswith("warm the learning rate up over the first steps (Xiong et al., 2020)")
-    assert found.fixes[1].startswith("use pre-LN (norm_first=True)")
-    assert not any("batch normalization" in fix for fix in found.fixes)  # it normalizes already
+    assert found.fix_texts[0].startswith(
+        "warm the learning rate up over the first steps (Xiong et al., 2020)"
+    )
+    assert found.fix_texts[1].startswith("use pre-LN (norm_first=True)")
+    assert not any("batch normalization" in fix for fix in found.fix_texts)  # it normalizes already
     # the control: pre-LN at the same rate, no warm-up, keeps its gradient and trains
     assert "vanishing_gradients" not in pre.observed
     assert 0.1 < pre.report.gradient_ratio < 10
@@ -126,7 +128,7 @@ def test_functional_relus_die_at_a_large_learning_rate_and_not_at_a_sane_one():
     assert found.layers == ["relu#2"] and found.evidence["dead"]["relu#2"] > 0.7
     # dead in the Monitor's samples from step 5 on, so the fix names the rate that killed them
     assert found.evidence["dead_since"] == 5
-    assert any(fix.startswith("lower the learning rate (it was 1.5 at step 5)") for fix in found.fixes)
+    assert any(fix.startswith("lower the learning rate (it was 1.5 at step 5)") for fix in found.fix_texts)
     assert names(sane.report.verdicts) == ["healthy"] and sane.report.verdicts[0].evidence["max_dead"] < 0.05
     assert sane.training["loss_after"] < 0.5 * sane.training["loss_before"]
 
@@ -148,7 +150,7 @@ def test_fixes_follow_the_model_facts():
     forced = diagnose(residual, Thresholds(exploding_ratio=0.0, activation_growth=0.5))
     assert names(forced)[:2] == ["exploding_gradients", "exploding_activations"]
     fixup = "initialize each residual branch's last layer at zero"
-    assert all(any(fix.startswith(fixup) for fix in v.fixes) for v in forced[:2])
+    assert all(any(fix.startswith(fixup) for fix in v.fix_texts) for v in forced[:2])
     transformer = probe(
         build(SCENARIOS["post-ln-high-lr"], data, torch.Generator().manual_seed(0), seed=0), x, y
     )
@@ -159,11 +161,11 @@ def test_fixes_follow_the_model_facts():
         found = diagnose(report, Thresholds(vanishing_ratio=1e3, uneven_ratio=1.0, exploding_ratio=1e-3))
         assert {"vanishing_gradients", "uneven_learning", "exploding_gradients"} <= set(names(found))
         for v in found:
-            warm = any(fix.startswith("warm the learning rate up") for fix in v.fixes)
-            pre_ln = any(fix.startswith("use pre-LN (norm_first=True)") for fix in v.fixes)
-            assert warm is pre_ln is post_ln, (v.name, v.fixes)
+            warm = any(fix.startswith("warm the learning rate up") for fix in v.fix_texts)
+            pre_ln = any(fix.startswith("use pre-LN (norm_first=True)") for fix in v.fix_texts)
+            assert warm is pre_ln is post_ln, (v.name, v.fix_texts)
         # pre-LN is residual and normalized already: Fixup's zero init, but no normalization to add
-        exploding = next(v for v in found if v.name == "exploding_gradients").fixes
+        exploding = next(v for v in found if v.name == "exploding_gradients").fix_texts
         assert any(fix.startswith(fixup) for fix in exploding) is not post_ln
         assert not any("add normalization" in fix or "batch normalization" in fix for fix in exploding)
 

@@ -24,7 +24,7 @@ LAYERS = {
     "toolbox": (TOOLBOX, set()),
     "models": ({"models"}, {"toolbox"}),
     "train": ({"train"}, {"toolbox"}),
-    "recipe": ({"config", "build", "run_folder"}, {"toolbox", "models", "train"}),
+    "recipe": ({"config", "build", "run_folder", "guidelines"}, {"toolbox", "models", "train"}),
     "users": (
         {"diagnose", "experiment", "transfer", "pretrain", "inference", "job", "integrations"},
         {"toolbox", "models", "train", "recipe"},

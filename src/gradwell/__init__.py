@@ -30,6 +30,7 @@ from gradwell.data import Dataset, Split, load, split_by_classes, standardize
 from gradwell.diagnose import Monitor, Report, probe, watch
 from gradwell.errors import CheckpointError, ConfigError, DataError, GradwellError, NonFiniteError
 from gradwell.fold import fold_batchnorm
+from gradwell.guidelines import recommend
 from gradwell.init import (
     get_initializer,
     glorot_normal_,
@@ -123,6 +124,7 @@ __all__ = [
     "optim",
     "pretrain",
     "probe",
+    "recommend",
     "recommended_init",
     "recommended_initializer",
     "register_activation",

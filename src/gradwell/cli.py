@@ -9,11 +9,22 @@ from collections.abc import Sequence
 
 from rich.logging import RichHandler
 
-from gradwell.commands import claims, compare, datasets, diagnose, fold, lr_find, report, train, transfer
+from gradwell.commands import (
+    claims,
+    compare,
+    datasets,
+    diagnose,
+    fold,
+    init_config,
+    lr_find,
+    report,
+    train,
+    transfer,
+)
 from gradwell.commands.output import errors, print_error
 from gradwell.errors import GradwellError
 
-COMMANDS = (train, datasets, transfer, diagnose, fold, compare, claims, report, lr_find)
+COMMANDS = (train, init_config, datasets, transfer, diagnose, fold, compare, claims, report, lr_find)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -163,18 +163,39 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             f"override {override!r}: unknown section {section!r}{closest(section, SECTIONS)}; "
             f"valid: {', '.join(SECTIONS)}"
         )
-    value = parse_value(text.strip())
+    assign(raw, key.strip(), parse_value(text.strip()), f"override {override!r}")
+
+
+def assign(raw: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """Set ``section.name`` to `value` in the raw config as an override does: a new name or kind
+    starts its section afresh, and a key that says the same as others (REPLACES) drops them."""
+    section, _, name = key.partition(".")
     table = raw.setdefault(section, {})
     if not isinstance(table, dict):
-        raise ConfigError(
-            f"override {override!r}: [{section}] in the config is {table!r}, not a table of keys"
-        )
-    if key.strip() in NAME_KEYS and table.get(name) != value:
+        raise ConfigError(f"{what}: [{section}] in the config is {table!r}, not a table of keys")
+    if key in NAME_KEYS and table.get(name) != value:
         # options of the old dataset / model / optimizer / schedule do not carry over
         table = raw[section] = {}
-    for other in REPLACES.get(key.strip(), ()):
+    for other in REPLACES.get(key, ()):
         table.pop(other, None)
     table[name] = value
+
+
+def with_changes(config: Config, changes: Mapping[str, Any], what: str = "change") -> Config:
+    """A copy of `config` with ``section.key -> value`` changes applied as overrides are (a fix's
+    config change, a recommendation), checked as a loaded config is.
+
+    >>> changed = with_changes(load(), {"model.init": "he_normal", "train.epochs": 3})
+    >>> changed.model["init"], changed.train.epochs, load().model.get("init")
+    ('he_normal', 3, None)
+    """
+    raw = config.to_dict()
+    for key in sorted(changes, key=lambda k: k not in NAME_KEYS):  # a new name first, as in load
+        section, dot, name = key.partition(".")
+        if section not in SECTIONS or not dot or not name:
+            raise ConfigError(f"{what} {key!r}: not a section.key of {', '.join(SECTIONS)}")
+        assign(raw, key, changes[key], f"{what} {key!r}")
+    return from_dict(raw, source=what)
 
 
 def from_dict(raw: Mapping[str, Any], source: str = "config") -> Config:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from gradwell.commands.output import console, print_json
+from gradwell.commands.output import console, print_json, runs_progress
 
 if TYPE_CHECKING:
     from gradwell.experiment import Results
@@ -87,15 +87,18 @@ def run(args: argparse.Namespace) -> int:
 
         for config in {json.dumps(c.data, sort_keys=True): c for c in arms.values()}.values():
             dataset_of(config)
-    if args.ray is None:
-        results = run_experiment(arms, seeds=range(args.seeds), workers=args.workers)
-    else:
-        from gradwell.experiment.cluster import RayExecutor
+    with runs_progress(len(arms) * args.seeds, "training") as on_done:
+        if args.ray is None:
+            results = run_experiment(arms, seeds=range(args.seeds), workers=args.workers, on_done=on_done)
+        else:
+            from gradwell.experiment.cluster import RayExecutor
 
-        # Ray prints its workers' output and its own error messages (a worker died) on stdout,
-        # which is gradwell's results (the JSON of --json): they go to stderr until Ray stops
-        with contextlib.redirect_stdout(sys.stderr), RayExecutor(args.ray or None) as executor:
-            results = run_experiment(arms, seeds=range(args.seeds), workers=args.workers, executor=executor)
+            # Ray prints its workers' output and its own error messages (a worker died) on stdout,
+            # which is gradwell's results (the JSON of --json): they go to stderr until Ray stops
+            with contextlib.redirect_stdout(sys.stderr), RayExecutor(args.ray or None) as executor:
+                results = run_experiment(
+                    arms, seeds=range(args.seeds), workers=args.workers, executor=executor, on_done=on_done
+                )
     out = Path(args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
     comparison = write_report(results, out, args.metric)
     if args.json:

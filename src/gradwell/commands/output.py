@@ -8,6 +8,8 @@ rich Text instead.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -33,3 +35,15 @@ def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+@contextmanager
+def runs_progress(total: int, what: str) -> Iterator[Callable[[list[Any]], None]]:
+    """A progress bar on stderr counting an experiment's finished runs out of `total`; yields the
+    runner's ``on_done``. stdout stays for the results (and the JSON of --json)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda records: progress.advance(task, len(records))

@@ -7,8 +7,9 @@
 
 Modules: ``layers`` (what is measured), ``stats`` (the statistics), ``record`` (the hooks that
 measure one pass, traced for any model), ``probe``, ``watch`` (any loop), ``monitor`` (gradwell's),
-``history``, ``rules`` (thresholds, verdicts, fixes), ``report`` and ``plots``, ``tensorboard``,
-``scenarios`` (the literature's experiments) and ``checkup`` (on a dataset split or a config).
+``history``, ``rules`` (thresholds, verdicts, fixes with their config changes), ``report`` and
+``plots``, ``tensorboard``, ``scenarios`` (the literature's experiments) and ``checkup`` (on a
+dataset split or a config).
 """
 
 from gradwell.diagnose.checkup import diagnose_config, diagnose_run, probe_split
@@ -17,7 +18,7 @@ from gradwell.diagnose.layers import Layer, find_layers
 from gradwell.diagnose.monitor import Monitor
 from gradwell.diagnose.probe import probe
 from gradwell.diagnose.report import LayerReport, Report
-from gradwell.diagnose.rules import VERDICTS, Thresholds, Verdict, diagnose
+from gradwell.diagnose.rules import VERDICTS, Fix, Thresholds, Verdict, diagnose
 from gradwell.diagnose.scenarios import SCENARIOS, ScenarioResult, run_scenario
 from gradwell.diagnose.stats import STATS
 from gradwell.diagnose.tensorboard import TensorBoardLog
@@ -28,6 +29,7 @@ __all__ = [
     "STATS",
     "VERDICTS",
     "Doctor",
+    "Fix",
     "History",
     "Layer",
     "LayerReport",

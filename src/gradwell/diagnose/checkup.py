@@ -21,6 +21,7 @@ from gradwell.train.losses import as_split
 
 if TYPE_CHECKING:
     from gradwell.config import Config
+    from gradwell.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,14 @@ def probe_split(
     return probe(model, x.to(device), y.to(device), loss, monitor=monitor, seed=seed)
 
 
-def diagnose_config(config: Config, epochs: int = 0) -> Report:
+def diagnose_config(config: Config, epochs: int = 0, dataset: Dataset | None = None) -> Report:
     """Build the model and data a config describes and probe the model at initialization, or after
     `epochs` epochs of the config's training with a Monitor (a diverging run stops and is
     diagnosed as it stands).
 
     The training is the config's in every [train] value but its length: the schedule spans the
-    `epochs` trained, as it would span train.epochs in ``gradwell train``.
+    `epochs` trained, as it would span train.epochs in ``gradwell train``. `dataset`: the config's
+    data, loaded already (build.load_data); None loads it.
 
     >>> from gradwell import config as configs
     >>> config = configs.load(None, ["data.name=digits", "model.depth=2", "model.width=16"])
@@ -68,7 +70,7 @@ def diagnose_config(config: Config, epochs: int = 0) -> Report:
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ConfigError(f"epochs must be an int >= 0; got {epochs!r}")
-    prepared = build.prepare(config, **({"epochs": epochs} if epochs else {}))
+    prepared = build.prepare(config, dataset, **({"epochs": epochs} if epochs else {}))
     train = prepared.config.train
     monitor = None
     if epochs:

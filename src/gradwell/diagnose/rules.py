@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gradwell.activations import DISPLAY_NAMES
+from gradwell.guidelines import GUIDELINES, SELF_NORMALIZING, Scaled
 from gradwell.init import RECOMMENDED
 
 if TYPE_CHECKING:
@@ -78,6 +79,32 @@ class Thresholds:
     clip_percentile: float = 90.0
 
 
+@dataclass(frozen=True)
+class Fix:
+    """A remedy: what to do, and the change of a gradwell config that does it (``section.key ->
+    value``, from gradwell.guidelines; a ``Scaled`` value multiplies the config's own). Empty
+    changes: not a config change (Fixup inside a custom network, cleaning the data).
+
+    >>> fix = guided("use He initialization", "he_init")
+    >>> str(fix), fix.changes
+    ('use He initialization', {'model.init': 'he_normal'})
+    """
+
+    text: str
+    changes: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def guided(text: str, *guidelines: str) -> Fix:
+    """A fix whose config change is that of `guidelines` (names of gradwell.guidelines.GUIDELINES)."""
+    changes: dict[str, Any] = {}
+    for name in guidelines:
+        changes |= GUIDELINES[name].changes
+    return Fix(text, changes)
+
+
 @dataclass
 class Verdict:
     """A diagnosis: its name (one of VERDICTS), a one-line summary, the numbers behind it, the
@@ -91,25 +118,38 @@ class Verdict:
     name: str
     summary: str
     evidence: dict[str, Any] = field(default_factory=dict)
-    fixes: list[str] = field(default_factory=list)
+    fixes: list[Fix] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
 
+    @property
+    def fix_texts(self) -> list[str]:
+        return [fix.text for fix in self.fixes]
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data: the fixes as their texts, and their config changes alongside ("fix_changes",
+        {} where a fix is not one; a Scaled value as {"scaled": factor})."""
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "evidence": self.evidence,
+            "fixes": self.fix_texts,
+            "fix_changes": [
+                {key: {"scaled": v.factor} if isinstance(v, Scaled) else v for key, v in fix.changes.items()}
+                for fix in self.fixes
+            ],
+            "layers": list(self.layers),
+        }
 
 
 # activation name -> the name a fix writes, declared by each activation's record (its `display`)
 DISPLAY: dict[str, str] = DISPLAY_NAMES
 INIT_DISPLAY = {"he_normal": "He", "lecun_normal": "LeCun", "glorot_uniform": "Glorot"}
-INIT_WHY = {
-    "he_normal": "which keeps the signal's variance through ReLU-like layers (He et al., 2015)",
-    "lecun_normal": "under which SELU layers self-normalize (Klambauer et al., 2017)",
-    "glorot_uniform": "which balances forward and backward variances (Glorot and Bengio, 2010)",
-}
+INIT_GUIDELINE = {"he_normal": "he_init", "lecun_normal": "lecun_init", "glorot_uniform": "glorot_init"}
 BOUNDED = ("sigmoid", "tanh")
 ADAPTIVE_HINT = (
     "an adaptive optimizer (Adam or Nadam), which scales each parameter's step by its own gradients"
 )
+BATCHNORM_FIX = 'add batch normalization before each activation (batchnorm="before")'
 
 
 def display(activation: str) -> str:
@@ -120,37 +160,51 @@ def finite(values: list[float | None]) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
 
-def architecture_fixes(facts: ModelFacts) -> list[str]:
+def bounded_fix(facts: ModelFacts) -> Fix:
+    """He initialization with Swish for a sigmoid or tanh net (the chapter's default for deep nets)."""
+    return guided(
+        f"{facts.activation} with {facts.init} initialization: use He initialization with Swish (or ReLU)",
+        "he_init",
+        "swish",
+    )
+
+
+def architecture_fixes(facts: ModelFacts) -> list[Fix]:
     """The chapter's remedies for an unstable signal, for this activation and initialization."""
     activation, init = facts.activation, facts.init
     fixes = []
     if activation in BOUNDED:
-        fixes.append(
-            f"{activation} with {init} initialization: use He initialization with ReLU or Swish"
-            + ("" if facts.batchnorm else ", or add batch normalization")
-        )
+        fixes.append(bounded_fix(facts))
     elif activation in RECOMMENDED and INIT_DISPLAY.get(RECOMMENDED[activation]) != init:
         name = RECOMMENDED[activation]
+        guideline = INIT_GUIDELINE[name]
         fixes.append(
-            f"{display(activation)} with {init} initialization: use {INIT_DISPLAY[name]} initialization "
-            f'(init="{name}"), {INIT_WHY[name]}'
+            guided(
+                f"{display(activation)} with {init} initialization: use {INIT_DISPLAY[name]} initialization "
+                f'(init="{name}"): {GUIDELINES[guideline].reason}',
+                guideline,
+            )
         )
     if activation == "selu":
         fixes += selu_fixes(facts)
-    elif not (facts.batchnorm or facts.post_ln or facts.residual) and activation not in BOUNDED:
+    elif not (facts.batchnorm or facts.post_ln or facts.residual):
         # a post-LN Transformer normalizes already; a residual net is told where (residual_fixes)
-        fixes.append('add batch normalization before each activation (batchnorm="before")')
+        fixes.append(guided(BATCHNORM_FIX, "batchnorm"))
     return fixes
 
 
-def selu_fixes(facts: ModelFacts) -> list[str]:
-    fixes = ["SELU network with dropout: use AlphaDropout"] if facts.dropout else []
+def selu_fixes(facts: ModelFacts) -> list[Fix]:
+    """AlphaDropout for a SELU net with dropout; for any other broken condition of self-normalization,
+    the self-normalizing configuration's model choices, which remove every such problem."""
+    fixes = [guided("SELU network with dropout: use AlphaDropout", "alpha_dropout")] if facts.dropout else []
     return fixes + [
-        f"SELU network: {problem}" for problem in facts.self_normalizing_problems if "dropout" not in problem
+        guided(f"SELU network: {problem}", *SELF_NORMALIZING)
+        for problem in facts.self_normalizing_problems
+        if "dropout" not in problem
     ]
 
 
-def clip_fix(report: Report, thresholds: Thresholds) -> str | None:
+def clip_fix(report: Report, thresholds: Thresholds) -> Fix | None:
     """ "clip with global_clipnorm=X", X the chosen percentile of the gradient norms seen."""
     norms = finite(report.history.grad_norm) if report.history is not None else []
     if norms:
@@ -161,16 +215,19 @@ def clip_fix(report: Report, thresholds: Thresholds) -> str | None:
         seen = "the gradient norm of the probed batch; a Monitor during training gives a percentile"
     else:
         return None
-    return f"clip with global_clipnorm={value:.3g} ({seen})"
+    threshold = float(f"{value:.3g}")
+    changes = {"optimizer.global_clipnorm": threshold}
+    return Fix(f"clip with global_clipnorm={threshold:.3g} ({seen})", changes)
 
 
-def lower_lr(report: Report, step: int | None = None) -> str:
-    """ "lower the learning rate", with its value at `step` (default: the last sampled step)."""
+def lower_lr(report: Report, step: int | None = None, why: str = "") -> Fix:
+    """ "lower the learning rate" tenfold, with its value at `step` (default: the last sampled step)."""
     history = report.history
-    if history is None or not history.lr:
-        return "lower the learning rate"
-    i = history.steps.index(step) if step in history.steps else -1
-    return f"lower the learning rate (it was {history.lr[i]:.3g} at step {history.steps[i]})"
+    text = "lower the learning rate"
+    if history is not None and history.lr:
+        i = history.steps.index(step) if step in history.steps else -1
+        text += f" (it was {history.lr[i]:.3g} at step {history.steps[i]})"
+    return Fix(text + why, GUIDELINES["lower_lr"].changes)
 
 
 WARMUP_FIX = (
@@ -184,15 +241,16 @@ PRE_LN_FIX = (
 )
 
 
-def post_ln_fixes(facts: ModelFacts) -> list[str]:
-    """Xiong et al. (2020)'s remedies, for a model with post-LN Transformer layers."""
-    return [WARMUP_FIX, PRE_LN_FIX] if facts.post_ln else []
+def post_ln_fixes(facts: ModelFacts) -> list[Fix]:
+    """Xiong et al. (2020)'s remedies, for a model with post-LN Transformer layers (changes of the
+    network's code: no gradwell config builds a Transformer)."""
+    return [Fix(WARMUP_FIX), Fix(PRE_LN_FIX)] if facts.post_ln else []
 
 
-def fixup_fix(report: Report) -> str:
+def fixup_fix(report: Report) -> Fix:
     """Fixup's remedy for an unnormalized residual network, with its number of additions."""
     blocks = sum(layer.kind == "residual" for layer in report.layers)
-    return (
+    return Fix(
         "initialize each residual branch's last layer at zero (Fixup, Zhang et al. 2019; "
         f"zero_init_residual in torchvision) or scale the branch by 1/sqrt(depth) (depth: the {blocks} "
         "residual additions measured): each block then starts as (or near) the identity, and the signal "
@@ -203,7 +261,7 @@ def fixup_fix(report: Report) -> str:
 NORMALIZING = ("batchnorm", "layernorm", "groupnorm")
 
 
-def residual_fixes(report: Report) -> list[str]:
+def residual_fixes(report: Report) -> list[Fix]:
     """For a residual network: Fixup, and normalization in each block unless it has some (a post-LN
     Transformer has it in the wrong place: its remedies are post_ln_fixes)."""
     facts = report.model
@@ -211,7 +269,7 @@ def residual_fixes(report: Report) -> list[str]:
         return []
     normalized = facts.batchnorm or any(layer.kind in NORMALIZING for layer in report.layers)
     return [fixup_fix(report)] + (
-        [] if normalized else ["add normalization in each block (BatchNorm or LayerNorm)"]
+        [] if normalized else [Fix("add normalization in each block (BatchNorm or LayerNorm)")]
     )
 
 
@@ -329,16 +387,13 @@ def saturation(report: Report, thresholds: Thresholds) -> Verdict | None:
         return None
     worst = max(found, key=found.get)
     facts = report.model
-    fix = f"{facts.activation} with {facts.init} initialization: use He initialization with ReLU or Swish"
-    fix += (
-        ", as batch normalization did not prevent it" if facts.batchnorm else ", or add batch normalization"
-    )
+    fixes = [bounded_fix(facts)] + ([] if facts.batchnorm else [guided(BATCHNORM_FIX, "batchnorm")])
     return Verdict(
         "saturation",
         f"{len(found)} layer(s) with over {thresholds.saturated:.0%} of their outputs saturated "
         f"(up to {found[worst]:.0%} in {worst})",
         {"saturated": found, "threshold": thresholds.saturated},
-        [fix],
+        fixes,
         list(found),
     )
 
@@ -349,16 +404,22 @@ def dead_units(report: Report, thresholds: Thresholds) -> Verdict | None:
         return None
     worst = max(found, key=found.get)
     fixes = [
-        f"ReLU with {found[worst]:.0%} of {worst}'s units dead: use leaky ReLU (alpha 0.2), ELU, SELU or "
-        "Swish, which pass a gradient for negative inputs"
+        guided(
+            f"ReLU with {found[worst]:.0%} of {worst}'s units dead: use leaky ReLU (alpha 0.2), ELU, SELU or "
+            "Swish, which pass a gradient for negative inputs",
+            "leaky_relu",
+        )
     ]
     if report.model.init != "He":
         fixes.append(
-            f'ReLU with {report.model.init} initialization: use He initialization (init="he_normal")'
+            guided(
+                f'ReLU with {report.model.init} initialization: use He initialization (init="he_normal")',
+                "he_init",
+            )
         )
     since = dead_since(report, worst, thresholds.dead)
     if report.history is not None:
-        fixes.append(f"{lower_lr(report, since)}: a large step can push a unit's inputs below 0 for good")
+        fixes.append(lower_lr(report, since, ": a large step can push a unit's inputs below 0 for good"))
     summary = (
         f"{len(found)} ReLU layer(s) with over {thresholds.dead:.0%} of their units dead on the batch "
         f"(up to {found[worst]:.0%} in {worst}"
@@ -411,9 +472,9 @@ def uneven_learning(report: Report, thresholds: Thresholds) -> Verdict | None:
     fixes = [*post_ln_fixes(report.model), *architecture_fixes(report.model)]
     optimizer = report.history.optimizer if report.history is not None else ""
     if optimizer == "SGD":
-        fixes.append(f"use {ADAPTIVE_HINT}, instead of SGD")
+        fixes.append(guided(f"use {ADAPTIVE_HINT}, instead of SGD", "nadam"))
     elif not optimizer:
-        fixes.append(f"train with {ADAPTIVE_HINT}")
+        fixes.append(guided(f"train with {ADAPTIVE_HINT}", "nadam"))
     return Verdict(
         "uneven_learning",
         f"{fastest} learns {spread:.3g}x faster than {slowest} (by {measure.replace('_', ' ')})",
@@ -441,11 +502,13 @@ def non_finite(report: Report, thresholds: Thresholds) -> Verdict | None:
         return None
     where = report.nonfinite_forward
     if where == "inputs":
-        fixes = ["the input batch holds NaN or infinite values: clean or impute the data"]
+        fixes = [Fix("the input batch holds NaN or infinite values: clean or impute the data")]
     elif where:
         fixes = [
-            f"{where} is the first module to output non-finite values from finite inputs: an overflow "
-            "from weights grown too large, or a log or division of 0"
+            Fix(
+                f"{where} is the first module to output non-finite values from finite inputs: an overflow "
+                "from weights grown too large, or a log or division of 0"
+            )
         ]
     else:
         fixes = []

@@ -64,18 +64,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradwell import config as configs
 from gradwell import data as datasets
 from gradwell import models, optim
+from gradwell.config import Config
 from gradwell.diagnose.monitor import Monitor
 from gradwell.diagnose.probe import probe
 from gradwell.diagnose.report import Report
-from gradwell.errors import unknown_name
+from gradwell.errors import GradwellError, unknown_name
 from gradwell.init import he_normal_, variance_scaling_
 from gradwell.train.loop import fit
 from gradwell.train.nonfinite import untouched
 
 BATCH = 256  # probed samples
 TRAIN_BATCH = 64
+# a scenario that trains for none of its own is trained this long when its fixes are tried: on the
+# digits' 1,294 training samples (21 steps an epoch) enough to tell a net that learns from one that does not
+TRY_EPOCHS = 10
 # a scenario's own network: (dataset, generator) -> model; torch's default inits inside it draw
 # from the global RNG, seeded by the scenario's seed and restored afterwards
 Builder = Callable[[datasets.Dataset, torch.Generator], nn.Module]
@@ -208,6 +213,35 @@ class Scenario:
     batch_size: int = TRAIN_BATCH
     every: int = 10  # the Monitor samples every `every`th step
     trains: bool = True
+
+    def config(self) -> Config:
+        """The scenario as a gradwell config, to try its fixes on: its MLP on the digits (standardized
+        per feature, as here), its optimizer at its lr without a schedule, its batch size, and its
+        epochs or TRY_EPOCHS. A scenario with a network or an initializer of its own has none.
+
+        >>> SCENARIOS["relu-glorot-30"].config().model
+        {'kind': 'mlp', 'depth': 30, 'width': 100, 'activation': 'relu', 'init': 'glorot_normal'}
+        """
+        if not self.has_config:
+            raise GradwellError(
+                f"scenario {self.name!r} builds a network or initializer of its own, not one a config "
+                f"describes: its fixes cannot be tried as config changes; scenarios that can: "
+                f"{', '.join(n for n, s in SCENARIOS.items() if s.has_config)}"
+            )
+        return configs.from_dict(
+            {
+                "data": {"name": "digits", "standardize": "feature"},
+                "model": {"kind": "mlp", **self.model},
+                "optimizer": {"name": self.optimizer, "lr": self.lr},
+                "schedule": {"name": "none"},
+                "train": {"epochs": self.train_epochs or TRY_EPOCHS, "batch_size": self.batch_size},
+            },
+            source=f"scenario {self.name!r}",
+        )
+
+    @property
+    def has_config(self) -> bool:
+        return isinstance(self.model, dict) and all(isinstance(v, str | int) for v in self.model.values())
 
 
 SCENARIOS: dict[str, Scenario] = {

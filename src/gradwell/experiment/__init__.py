@@ -5,7 +5,8 @@
     for pair in comparison.pairs:
         print(pair.verdict, pair.mean_difference, pair.ci)
 
-``run_claims()`` runs the chapter's claims as such experiments (``gradwell claims``).
+``run_claims()`` runs the chapter's claims as such experiments (``gradwell claims``), and
+``try_fixes.try_fixes()`` the doctor's fixes against the original (``gradwell diagnose --try-fixes``).
 """
 
 from gradwell.experiment.batched import fit_seeds, stack_problem

@@ -116,6 +116,7 @@ def run(
     *,
     evaluate: Evaluate | None = None,
     executor: concurrent.futures.Executor | None = None,
+    on_done: Callable[[list[RunRecord]], None] | None = None,
 ) -> Results:
     """Train every config with every seed; return every run, failed ones included.
 
@@ -128,6 +129,7 @@ def run(
             metrics (a module-level function, so that worker processes can receive it).
         executor: a pool to reuse across experiments (``gradwell.experiment.workers.pool``);
             `workers` then only shapes how the seeds are split.
+        on_done: called with each task's runs as they finish (a progress bar counts them).
 
     >>> from gradwell import config
     >>> small = ["data.name=digits", "model.depth=1", "model.width=16", "train.epochs=1"]
@@ -147,11 +149,16 @@ def run(
     started = time.perf_counter()
     if executor is None and workers > 1:
         with worker_pool.pool(workers) as own:
-            records = worker_pool.gather(own, tasks)
+            records = worker_pool.gather(own, tasks, on_done)
     elif executor is not None:
-        records = worker_pool.gather(executor, tasks)
+        records = worker_pool.gather(executor, tasks, on_done)
     else:
-        records = [record for task in tasks for record in execute(task)]
+        records = []
+        for task in tasks:
+            done = execute(task)
+            records += done
+            if on_done is not None:
+                on_done(done)
     records.sort(key=lambda r: (list(arms).index(r.label), r.seed))
     paths = {label: resolved_path(paths[label], records, label) for label in arms}
     data = {label: data_name(arm) for label, arm in arms.items() if isinstance(arm, Config)}

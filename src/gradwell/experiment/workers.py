@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 
 import torch
@@ -23,8 +24,12 @@ def init_worker() -> None:
     torch.set_num_threads(1)  # one core per worker: threads of parallel workers would compete
 
 
-def gather(executor: concurrent.futures.Executor, tasks: list[Task]) -> list[RunRecord]:
-    """Every task's runs from `executor`.
+def gather(
+    executor: concurrent.futures.Executor,
+    tasks: list[Task],
+    on_done: Callable[[list[RunRecord]], None] | None = None,
+) -> list[RunRecord]:
+    """Every task's runs from `executor`; `on_done` sees each task's runs as they come.
 
     A worker process that dies (a crash, the out-of-memory killer) breaks a process pool and
     every task still in it, and which task killed it is unknown; so each of those tasks runs
@@ -40,13 +45,20 @@ def gather(executor: concurrent.futures.Executor, tasks: list[Task]) -> list[Run
     for future in concurrent.futures.as_completed(futures):
         task = futures[future]
         try:
-            records += future.result()
+            done = future.result()
         except BrokenProcessPool:
             orphans.append(task)
+            continue
         except Exception as error:
-            records += failed_task(task, error)
+            done = failed_task(task, error)
+        records += done
+        if on_done is not None:
+            on_done(done)
     for task in orphans:
-        records += run_alone(task)
+        done = run_alone(task)
+        records += done
+        if on_done is not None:
+            on_done(done)
     return records
 
 
