@@ -1,6 +1,9 @@
-"""The learning-rate finder: suggestions with known answers, and a search that leaves no trace."""
+"""The learning-rate finder: suggestions with known answers, a search that leaves no trace, and
+schedule.max_lr = "find"."""
 
+import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ from gradwell import models, optim
 from gradwell.data import load, standardize
 from gradwell.errors import ConfigError
 from gradwell.train import fit
-from gradwell.train.lr_find import lr_find, minimum_over_ten, steepest, suggest, valley
+from gradwell.train.lr_find import lr_find, minimum_over_ten, spread, steepest, suggest, valley
 
 LRS = np.logspace(-5, 1, 61)  # ten points a decade
 U = np.log10(LRS)
@@ -25,13 +28,34 @@ def test_each_suggestion_on_a_curve_with_known_answers():
     startup[:3] += [0.9, 0.5, 0.2]  # the smoothing's first steps: a fall that says nothing of the rate
     assert steepest(LRS, startup) == pytest.approx(1e-3)
     assert valley(LRS, CURVE) == pytest.approx(1e-3)  # halfway along the fall from 1e-5 to 1e-1
-    found, warnings = suggest(LRS, CURVE)
+    found, warnings, verdict = suggest(LRS, CURVE)
     assert found == pytest.approx({"minimum / 10": 1e-2, "steepest": 1e-3, "valley": 1e-3})
     assert warnings == [
         "the suggestions disagree by 10.0x (more than 3x): look at the curves before choosing"
     ]
-    flat, why = suggest(LRS, np.full(61, 2.3) + 0.01 * np.sin(U))
-    assert flat == dict.fromkeys(found) and "too flat" in why[0]
+    assert verdict == "disagree"
+    flat, why, verdict = suggest(LRS, np.full(61, 2.3) + 0.01 * np.sin(U))
+    assert flat == dict.fromkeys(found) and "too flat" in why[0] and verdict == "flat"
+
+
+FALL = CURVE[6] - CURVE.min()  # from the first tenth of the curve (what `spread` skips) to its minimum
+
+
+@pytest.mark.parametrize(("apart", "verdict"), [(0.3, "disagree"), (0.6, "noisy")])
+def test_seeds_further_apart_than_half_the_fall_are_too_noisy_to_suggest(apart, verdict):
+    seeds = np.array([CURVE, CURVE + apart, CURVE - apart])  # the median is CURVE itself
+    noise = spread(seeds)
+    assert noise == pytest.approx(2 * apart / FALL)  # 0.30 and 0.60 of the fall
+    found, warnings, said = suggest(LRS, np.median(seeds, axis=0), noise)
+    assert said == verdict
+    if verdict == "noisy":
+        assert found == dict.fromkeys(found) and "too noisy to suggest a rate" in warnings[0]
+    else:  # the clean band leaves the known answers
+        assert found == pytest.approx({"minimum / 10": 1e-2, "steepest": 1e-3, "valley": 1e-3})
+    # the band counts only up to the minimum: curves that part where they shoot up are not noisy
+    parting = np.array([CURVE, CURVE + 3 * np.maximum(0, U + 1), CURVE - 3 * np.maximum(0, U + 1)])
+    assert spread(parting) == 0.0
+    assert spread(seeds[:1]) is None  # one seed: nothing to compare
 
 
 def setup(seed=0):
@@ -49,6 +73,7 @@ def test_the_next_fit_is_bitwise_what_it_would_have_been_without_the_search():
             rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
             found = lr_find(net, digits, optimizer, steps=40, seeds=(0, 1), batch_size=64)
             assert [len(c.lrs) for c in found.curves] and all(c.lrs[0] == 1e-5 for c in found.curves)
+            assert found.noise is not None and found.verdict in ("ok", "disagree", "flat", "noisy")
             assert torch.equal(torch.get_rng_state(), rng[0]) and np.array_equal(
                 np.random.get_state()[1], rng[1]
             )
@@ -71,8 +96,6 @@ def test_the_search_range_is_checked():
 
 
 def test_gradwell_lr_find_writes_the_curves_and_suggests(tmp_path, capsys):
-    import json
-
     from gradwell import cli
 
     overrides = ["--set", "data.name=digits", "--set", "model.depth=2", "--set", "model.width=16"]
@@ -81,7 +104,66 @@ def test_gradwell_lr_find_writes_the_curves_and_suggests(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "search.json").read_text())
     assert set(printed["suggestions"]) == {"minimum / 10", "steepest", "valley"}
+    assert printed["verdict"] in ("ok", "disagree", "flat", "noisy") and printed["noise"] >= 0
     assert [curve["seed"] for curve in printed["curves"]] == [0, 1]
     assert (tmp_path / "search.png").stat().st_size > 10_000
     assert cli.main(["lr-find", *overrides, "--seeds", "0"]) == 2
     assert "--seeds must be a positive int; got 0" in capsys.readouterr().err
+
+
+FOUND = {  # a tiny digits network whose 1cycle peak the learning-rate finder picks
+    "data": {"name": "digits"},
+    "model": {"depth": 1, "width": 16},
+    "schedule": {"name": "onecycle", "max_lr": "find"},
+    "train": {"epochs": 1, "batch_size": 128},
+    "output": {"progress": False, "name": "found"},
+}
+
+
+def test_max_lr_find_trains_with_the_finders_minimum_over_ten(tmp_path):
+    from gradwell import build, job
+    from gradwell import config as configs
+
+    config = configs.from_dict({**FOUND, "output": {**FOUND["output"], "dir": str(tmp_path)}})
+    searched = build.recipe(configs.from_dict({**FOUND, "schedule": {"name": "onecycle"}}))
+    net = searched.model()  # the run's model and optimizer, searched as lr_find does by default
+    expected = lr_find(net, searched.dataset, searched.optimizer(net), batch_size=128).suggestions
+    prepared = build.prepare(config)
+    assert prepared.config.schedule["max_lr"] == expected["minimum / 10"]
+    assert prepared.optimizer.param_groups[0]["max_lr"] == expected["minimum / 10"]  # the schedule's peak
+    result = job.run(config)
+    assert result.epochs and all(np.isfinite(e["loss"]) for e in result.epochs)
+    written = (result.run_dir / "config.toml").read_text()
+    assert f"max_lr = {expected['minimum / 10']!r}" in written  # the rate used, to rerun or resume
+    recorded = json.loads((result.run_dir / "result.json").read_text())["lr_find"]
+    assert recorded["max_lr"] == expected["minimum / 10"] and recorded["rule"] == "minimum / 10"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ({"name": "onecycle", "max_lr": "fnd"},
+         "schedule.max_lr = 'fnd' is not valid (did you mean 'find'?); valid: a rate above 0, or 'find'"),
+        ({"name": "power", "s": "find"},
+         "schedule.s = 'find' (schedule 'power'): only max_lr of the onecycle schedule can be found"),
+        ({"name": "onecycle", "max_lr": 0.01, "total_steps": "find"},
+         "schedule.total_steps = 'find' (schedule 'onecycle'): only max_lr of the onecycle"),
+    ],
+)  # fmt: skip
+def test_find_is_refused_anywhere_but_onecycles_max_lr(schedule, message):
+    from gradwell import build
+    from gradwell import config as configs
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build.check_sections(configs.from_dict({"schedule": schedule}))
+
+
+def test_a_search_that_suggests_nothing_fails_before_training():
+    from gradwell.build import found_rate
+    from gradwell.train.lr_find import LRCurve, LRSearch
+
+    noisy = suggest(LRS, CURVE, noise=0.9)
+    found = LRSearch([LRCurve(0, list(LRS), list(CURVE), "reached end_lr 10")], *noisy)
+    with pytest.raises(ConfigError, match=r"suggests no rate .*too noisy.*give schedule.max_lr a rate"):
+        found_rate(found)
+    assert found_rate(LRSearch(found.curves, *suggest(LRS, CURVE))) == pytest.approx(1e-2)

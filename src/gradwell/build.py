@@ -12,11 +12,20 @@ Everything a config names is built and checked here, before a run folder is made
 taken, so a bad config fails fast and writes nothing. A [train] value given to `recipe` or
 `prepare` (``prepare(config, epochs=3)``) replaces the config's before anything is sized by it:
 a 1cycle schedule then spans the 3 epochs that are trained.
+
+``schedule.max_lr = "find"`` (1cycle only) runs the learning-rate finder first, in `recipe`: on the
+model of train.seed and its optimizer, over the training split with train.batch_size and
+train.loss and lr_find's defaults (1e-5 to 10 over 200 steps, batch orders of seeds 0, 1, 2). Its
+``minimum / 10`` (the chapter's rule) becomes max_lr in the recipe's config, so the run folder's
+config.toml holds the rate used and a resumed run keeps it; ``Recipe.found`` keeps the search.
+When the search suggests nothing (a flat or noisy curve) the recipe fails with a ConfigError
+before anything is trained: falling back to some other rate would train with one nobody chose.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -28,14 +37,19 @@ from gradwell import data as datasets
 from gradwell import models, optim
 from gradwell.activations import ACTIVATIONS, activation_info
 from gradwell.config import Config, TrainConfig, check_call, check_types
-from gradwell.errors import ConfigError, GradwellError, unknown_name
+from gradwell.errors import ConfigError, GradwellError, closest, unknown_name
 from gradwell.memory import FLOAT32, TRAINING_COPIES, check_fits, readable
 from gradwell.models import custom
 from gradwell.train import Callback, History, distributed, fit
 from gradwell.train.losses import check_data_fits_model
+from gradwell.train.lr_find import LRSearch, lr_find
 
 BUILDERS = {"mlp": models.mlp, "cnn": models.cnn}
+log = logging.getLogger(__name__)
 RUN_ARGUMENTS = ("checkpoint_dir", "resume", "progress", "explain_nonfinite")  # fit's, not [train]'s
+FIND = "find"  # schedule.max_lr = "find": the learning-rate finder picks 1cycle's peak (see the module)
+FIND_RULE = "minimum / 10"  # the chapter's rule, of gradwell.train.lr_find's suggestions
+FIND_SEEDS = (0, 1, 2)  # lr_find's default: three batch orders, so that their spread can say "noisy"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,15 +134,36 @@ def check_sections(config: Config) -> None:
     values = dict(config.schedule)
     name = values.pop("name", "none")
     if name != "none":
-        check_types(
-            "schedule", optim.SCHEDULES[check_name("schedule", name, optim.SCHEDULES, "none")], values
-        )
+        check_name("schedule", name, optim.SCHEDULES, "none")
+        check_find(name, values)
+        check_types("schedule", optim.SCHEDULES[name], {k: v for k, v in values.items() if v != FIND})
     elif values:  # no schedule: an option given to it would be silently unused
         named = "schedule.name is 'none'" if "name" in config.schedule else "'none' by default"
         raise ConfigError(
             f"schedule.{next(iter(values))} is set, but no schedule is named ({named}); "
             f"name one of {', '.join(optim.SCHEDULES)}, or leave the option out"
         )
+
+
+def check_find(name: str, values: dict[str, Any]) -> None:
+    """ConfigError for "find" anywhere but onecycle's max_lr, or any other text as its max_lr.
+
+    >>> check_find("onecycle", {"max_lr": "fnd"})
+    Traceback (most recent call last):
+    ...
+    gradwell.errors.ConfigError: schedule.max_lr = 'fnd' is not valid (did you mean 'find'?); valid: ...
+    """
+    for key, value in values.items():
+        if name == "onecycle" and key == "max_lr" and isinstance(value, str) and value != FIND:
+            raise ConfigError(
+                f"schedule.max_lr = {value!r} is not valid{closest(value, [FIND])}; valid: a rate above 0, "
+                f"or {FIND!r} (the learning-rate finder's {FIND_RULE})"
+            )
+        if value == FIND and (name, key) != ("onecycle", "max_lr"):
+            raise ConfigError(
+                f"schedule.{key} = {FIND!r} (schedule {name!r}): only max_lr of the onecycle schedule can be "
+                f"found by the learning-rate finder; give schedule.{key} a value"
+            )
 
 
 def check_name(section: str, name: Any, table: dict[str, Any], *others: str) -> str:
@@ -203,9 +238,30 @@ def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int)
     if name == "none":
         return None
     if name == "onecycle":
+        if options.get("max_lr") == FIND:  # `recipe` replaces it; a config not built through it has not
+            raise ConfigError(f"schedule.max_lr = {FIND!r} is found by gradwell.build.recipe: build with it")
         options.setdefault("total_steps", steps)
         options.setdefault("max_lr", float(optimizer.param_groups[0]["lr"]))
     return optim.schedule(name, optimizer, **options)
+
+
+def found_rate(found: LRSearch) -> float:
+    """The search's minimum / 10, or the ConfigError that says why there is none.
+
+    >>> from gradwell.train.lr_find import LRCurve
+    >>> flat = LRSearch([LRCurve(0, [1e-3], [2.3], "reached end_lr 10")], {FIND_RULE: None}, ["flat"])
+    >>> found_rate(flat)
+    Traceback (most recent call last):
+    ...
+    gradwell.errors.ConfigError: schedule.max_lr = 'find': the learning-rate finder suggests no rate ...
+    """
+    rate = found.suggestions.get(FIND_RULE)
+    if rate is None:
+        raise ConfigError(
+            f"schedule.max_lr = {FIND!r}: the learning-rate finder suggests no rate "
+            f"({'; '.join(found.warnings)}); give schedule.max_lr a rate (gradwell lr-find shows the curves)"
+        )
+    return rate
 
 
 def with_train(config: Config, **train: Any) -> Config:
@@ -227,6 +283,7 @@ class Recipe:
     config: Config
     dataset: datasets.Dataset
     device: torch.device
+    found: LRSearch | None = None  # the learning-rate finder's search, for schedule.max_lr = "find"
 
     @property
     def options(self) -> TrainConfig:
@@ -247,19 +304,40 @@ class Recipe:
         train = self.dataset.train.to(self.device)
         check_data_fits_model(model, train.stored, train.y, self.options.loss, decode=train.features)
 
+    def trainable(self, model: nn.Module) -> None:
+        """`check`, and an error (gradwell.memory) when training `model` would not fit in memory."""
+        self.check(model)
+        count = sum(p.numel() for p in model.parameters())
+        check_fits(f"training the model of [model] ({count:,} parameters)", count * FLOAT32 * TRAINING_COPIES)
+
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(self.config, model)
 
     def schedule(self, optimizer: torch.optim.Optimizer) -> Any:
         return build_schedule(self.config, optimizer, self.steps)
 
+    def find_max_lr(self) -> Recipe:
+        """This recipe with schedule.max_lr = "find" replaced by the learning-rate finder's
+        minimum / 10 on the model of train.seed (see the module), and the search kept."""
+        model = self.model()
+        self.trainable(model)
+        found = lr_find(
+            model, self.dataset, self.optimizer(model), seeds=FIND_SEEDS,
+            batch_size=self.options.batch_size, loss=self.options.loss,
+        )  # fmt: skip
+        # under torchrun, process 0's search for all: ranks whose float rounding differed would
+        # otherwise train with different rates, or some fail while the others wait
+        found = distributed.broadcast(found)
+        max_lr = found_rate(found)
+        log.info("schedule.max_lr = %r: the learning-rate finder's %s is %.4g", FIND, FIND_RULE, max_lr)
+        config = dataclasses.replace(self.config, schedule={**self.config.schedule, "max_lr": max_lr})
+        return dataclasses.replace(self, config=config, found=found)
+
     def prepare(self, seed: int | None = None) -> Prepared:
         """One run: the model of `seed`, checked against the data, its optimizer and schedule."""
         config = self.config if seed is None else with_train(self.config, seed=seed)
         model = build_model(config, self.dataset).to(self.device)
-        self.check(model)
-        count = sum(p.numel() for p in model.parameters())
-        check_fits(f"training the model of [model] ({count:,} parameters)", count * FLOAT32 * TRAINING_COPIES)
+        self.trainable(model)
         optimizer = build_optimizer(config, model)
         return Prepared(dataclasses.replace(self, config=config), model, optimizer, self.schedule(optimizer))
 
@@ -289,6 +367,15 @@ class Prepared:
     def steps(self) -> int:
         return self.recipe.steps
 
+    @property
+    def found(self) -> dict[str, Any] | None:
+        """For schedule.max_lr = "find": the rate used, the rule and the search (curves left out),
+        as a run folder's result.json records it; None otherwise."""
+        if self.recipe.found is None:
+            return None
+        search = {k: v for k, v in self.recipe.found.to_dict().items() if k != "curves"}
+        return {"max_lr": self.config.schedule["max_lr"], "rule": FIND_RULE, **search}
+
     def fit(self, callbacks: list[Callback] | tuple[Callback, ...] = (), **overrides: Any) -> History:
         """Train with the config's [train] options, its early stopping before `callbacks`.
 
@@ -312,13 +399,14 @@ class Prepared:
 
 def recipe(config: Config, dataset: datasets.Dataset | None = None, **train: Any) -> Recipe:
     """`config` (with [train] values `train` replaced) and its data (`dataset`, or the [data]
-    section's, loaded), on the device train.device names."""
+    section's, loaded), on the device train.device names; schedule.max_lr = "find" found here."""
     config = with_train(config, **train)
     check_sections(config)
     device = resolve_device(config.train.device)
     dataset = dataset if dataset is not None else load_data(config)
     check_validation(config, dataset)
-    return Recipe(config, dataset, device)
+    made = Recipe(config, dataset, device)
+    return made.find_max_lr() if config.schedule.get("max_lr") == FIND else made
 
 
 def check_validation(config: Config, dataset: datasets.Dataset) -> None:

@@ -4,12 +4,14 @@ Everything a config names is built and checked by the recipe (gradwell.build) be
 folder is made or a step is taken, so a bad config fails fast and writes nothing. Under torchrun
 every process trains and process 0 writes. The run folder holds:
 
-    config.toml          the resolved config (defaults filled in), to rerun or resume
+    config.toml          the resolved config (defaults filled in, max_lr = "find" as found), to rerun
+                         or resume
     metrics.jsonl        one JSON object per epoch
     checkpoints/         the last two checkpoints (safetensors), for --resume
     model.safetensors    the final weights (gradwell.run_folder.load_run rebuilds the model)
     learning_curves.png  loss and accuracy per epoch
-    result.json          test metrics, epochs, time and the stability doctor's verdicts
+    result.json          test metrics, epochs, time and the stability doctor's verdicts (and
+                         lr_find: the search behind a max_lr = "find")
     tensorboard/         with output.tensorboard: the doctor's per-layer curves and histograms
                          of the sampled steps, and the epoch metrics (`tensorboard --logdir`)
 """
@@ -55,6 +57,7 @@ class JobResult:
     dataset: datasets.Dataset = field(repr=False)
     path: str = ""  # the training path that ran, and why
     doctor: Report | None = field(default=None, repr=False)  # the final model probed on 256 samples
+    lr_find: dict[str, Any] | None = None  # schedule.max_lr = "find": the rate found (build.Prepared.found)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,7 @@ class JobResult:
             "seconds": self.seconds,
             "path": self.path,
             "doctor": self.doctor.to_dict() if self.doctor is not None else None,
+            **({"lr_find": self.lr_find} if self.lr_find is not None else {}),
         }
 
 
@@ -121,7 +125,7 @@ def train_in(prepared: Prepared, run_dir: Path, resume: bool) -> JobResult:
     test_metrics = evaluate_split(prepared.model, prepared.dataset.test, config.train.loss)
     result = JobResult(
         run_dir, test_metrics, history.epochs, history.stop_reason, seconds, prepared.model, prepared.dataset,
-        path=history.path,
+        path=history.path, lr_find=prepared.found,
     )  # fmt: skip
     # every process probes: synced BatchNorm layers gather their statistics from all of them
     train = config.train

@@ -15,7 +15,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Build a config's model and optimizer as `gradwell train` does, grow the learning rate "
         "exponentially from 1e-5 to 10 over a few hundred steps (the chapter's method) once per seed, stop "
         "when the smoothed loss passes 4x its minimum, and suggest rates: the minimum / 10, the steepest "
-        "descent and fastai's valley, saying when they disagree. Writes the curves as a PNG and JSON; "
+        "descent and fastai's valley, saying when they disagree by more than 3x, and suggesting none when "
+        "the curve is too flat or the seeds' curves too noisy. Writes the curves as a PNG and JSON; "
         "nothing is trained for good.",
     )
     parser.add_argument(
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from gradwell import build
     from gradwell import config as configs
     from gradwell.errors import GradwellError
-    from gradwell.train.lr_find import lr_find
+    from gradwell.train.lr_find import NOISY, lr_find
 
     if args.seeds < 1:
         raise GradwellError(f"--seeds must be a positive int; got {args.seeds}")
@@ -58,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         print_json(found.to_dict())
         return 0
     rows = [(name, "none" if lr is None else f"{lr:.3g}") for name, lr in found.suggestions.items()]
+    rows.append(("verdict", found.verdict))
+    if found.noise is not None:
+        rows.append(("seeds' spread", f"{found.noise:.2f} of the fall (noisy above {NOISY:g})"))
     rows += [("warning", text) for text in found.warnings]
     rows += [(f"seed {c.seed}", f"{len(c.lrs)} steps; {c.stopped}") for c in found.curves]
     rows.append(("written", f"{stem.with_suffix('.png')}, {stem.with_suffix('.json')}"))

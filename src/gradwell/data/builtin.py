@@ -11,11 +11,13 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 
 from gradwell.data.checks import Part, count
+from gradwell.data.generated_cache import cached
 from gradwell.data.splits import Source
 from gradwell.errors import DataError
 from gradwell.memory import check_fits
@@ -62,25 +64,38 @@ def mnist1d(*, num_samples: int = 5000, data_seed: int = 42, max_minutes: float 
     mnist1d standardizes the features over the whole set. make_dataset reseeds numpy's and
     Python's global generators, so their states are saved and restored around it.
 
-    Generation runs at a few thousand samples a second: before making more than TIMED_ABOVE
-    samples, a thousand are made and timed, and a set that would take longer than `max_minutes`
-    is refused (DataError with the estimate) rather than left to run for hours.
+    Generation runs at a few thousand samples a second (40,000 take 21 s on 2 cores), so a set,
+    once made, is kept on disk under the data cache folder (``GRADWELL_DATA``, as for downloads)
+    in ``mnist1d/``, keyed by num_samples, data_seed and the mnist1d version (which fixes its
+    other, default arguments), and read back equal to the bit (gradwell.data.generated_cache; a
+    corrupt file is made again). Before making more than TIMED_ABOVE samples, a thousand are made
+    and timed, and a set that would take longer than `max_minutes` is refused (DataError with the
+    estimate) rather than left to run for hours.
     """
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples = count("num_samples", num_samples, 10)
+    num_samples = count("num_samples", num_samples, 10)
     # the generator keeps several float64 copies of the signals (40 features, templates, noise)
     check_fits(f"data.num_samples = {num_samples}", num_samples * 40 * 8 * GENERATION_COPIES)
     if isinstance(max_minutes, bool) or not isinstance(max_minutes, int | float) or not max_minutes > 0:
         raise DataError(f"max_minutes must be a number of minutes above 0; got {max_minutes!r}")
-    if args.num_samples > TIMED_ABOVE:
-        check_generation_time(args, max_minutes)
-    args.seed = count("data_seed", data_seed, 0)
-    if args.seed >= 2**32:
+    seed = count("data_seed", data_seed, 0)
+    if seed >= 2**32:
         raise DataError(f"data_seed must be below 2**32 (numpy's legacy seed); got {data_seed}")
-    with global_generators_kept():
-        data = make_dataset(args)
+
+    def make() -> dict[str, np.ndarray]:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples, args.seed = num_samples, seed
+        if num_samples > TIMED_ABOVE:
+            check_generation_time(args, max_minutes)
+        with global_generators_kept():
+            made = make_dataset(args)
+        return {key: made[key] for key in ("x", "y", "x_test", "y_test")}  # the templates are not used
+
+    # mnist1d's version fixes its other arguments (its defaults): the key needs no import of
+    # mnist1d, which takes seconds (it imports matplotlib)
+    key = {"num_samples": num_samples, "seed": seed, "mnist1d": version("mnist1d")}
+    data = cached("mnist1d", key, make)
     return Source(
         train=Part(data["x"], data["y"], "mnist1d x", "mnist1d y"),
         test=Part(data["x_test"], data["y_test"], "mnist1d x_test", "mnist1d y_test"),

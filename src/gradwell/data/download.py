@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from gradwell.data.builtin import DIGITS
+from gradwell.data.cache import cache_root
 from gradwell.data.checks import Part
 from gradwell.data.idx import idx_dir
 from gradwell.data.splits import Source
@@ -93,21 +94,6 @@ FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
            "Ankle boot")  # fmt: skip
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_RECORD = 1 + 3 * 32 * 32  # a label byte, then the red, green and blue planes, row-major
-
-
-def cache_root() -> Path:
-    """The cache folder: ``GRADWELL_DATA``, else platformdirs' user cache folder + ``/data``.
-
-    >>> from unittest import mock
-    >>> with mock.patch.dict("os.environ", GRADWELL_DATA="/tmp/gradwell-data"):
-    ...     cache_root() / "mnist"
-    PosixPath('/tmp/gradwell-data/mnist')
-    """
-    if os.environ.get("GRADWELL_DATA"):
-        return Path(os.environ["GRADWELL_DATA"]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("gradwell")) / "data"
 
 
 def base_url(name: str, mirror: str | None) -> str:

@@ -13,6 +13,11 @@ Three suggestions are read off the median of the seeds' curves, side by side:
 - ``steepest``: where the loss falls fastest per unit of log learning rate, before the minimum;
 - ``valley``: fastai's, the middle of the longest stretch over which the loss keeps falling.
 
+Each search ends in a verdict. "flat": the loss never fell 5% below its start; "noisy": the seeds'
+curves lie further apart than half of the median's fall before its minimum (see `spread`); both
+leave every suggestion None, with a warning. "disagree": the suggestions are more than 3x apart
+(a warning, the suggestions kept); "ok" otherwise.
+
 The model's weights and BatchNorm statistics, its training mode, the optimizer's state and
 hyperparameters, a scheduler's state and torch's, numpy's and Python's generators are restored
 afterwards: the next ``fit`` is bitwise what it would have been without the search (tested).
@@ -39,6 +44,10 @@ from gradwell.train.losses import Loss, as_split, resolve_loss
 
 DISAGREE = 3.0  # suggestions further apart than this factor are reported as disagreeing
 FLAT = 0.05  # a curve whose minimum is within 5% of its start shows no descent to read
+# The seeds' band may be at most half as wide as the median's fall (see `spread`): three draws span
+# about 1.7 standard deviations of the batch-order noise, so the fall must stand about 3.4 of them
+# above it. Measured: the default job's curves spread 0.10 of their fall, digits' 0.02.
+NOISY = 0.5
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class LRSearch:
     curves: list[LRCurve]
     suggestions: dict[str, float | None]
     warnings: list[str] = field(default_factory=list)
+    verdict: str = "ok"  # "ok", "disagree", "flat" or "noisy" (see the module)
+    noise: float | None = None  # `spread` of the seeds' curves; None for a single seed
 
     def plot(self, path: str | Path, title: str = "") -> Path:
         """Each seed's smoothed loss against the rate (log scale), their band, and the suggestions."""
@@ -91,6 +102,8 @@ class LRSearch:
     def to_dict(self) -> dict[str, Any]:
         return {
             "suggestions": self.suggestions,
+            "verdict": self.verdict,
+            "noise": self.noise,
             "warnings": self.warnings,
             "curves": [vars(curve) for curve in self.curves],
         }
@@ -141,22 +154,52 @@ def valley(lrs: np.ndarray, losses: np.ndarray) -> float | None:
 SUGGESTIONS = {"minimum / 10": minimum_over_ten, "steepest": steepest, "valley": valley}
 
 
-def suggest(lrs: Sequence[float], losses: Sequence[float]) -> tuple[dict[str, float | None], list[str]]:
-    """Every suggestion for one curve, and the warnings that go with them."""
+def spread(curves: np.ndarray) -> float | None:
+    """How far apart the seeds' curves (one per row) lie, as a fraction of their median's fall:
+    max_i (max_s L_si - min_s L_si) / (median_start - median_min), over i from the first tenth of
+    the curves (the smoothing's start-up, skipped as `steepest` skips it) to the median's minimum.
+
+    Where the band is as wide as the fall, the batch order moves the curve as much as the rate
+    does, and no rate read off it means anything. None for fewer than two seeds or no fall.
+
+    >>> fall = np.linspace(3.0, 1.0, 20)
+    >>> spread(np.array([fall, fall + 0.1, fall - 0.1]))  # 0.2 apart, the fall 2.79 - 1
+    0.111...
+    """
+    if curves.ndim != 2 or len(curves) < 2 or curves.shape[1] < 3:
+        return None
+    median = np.median(curves, axis=0)
+    start, end = curves.shape[1] // 10, int(np.argmin(median)) + 1
+    fall = median[start] - median[end - 1]
+    if end - start < 2 or not fall > 0:
+        return None
+    band = curves[:, start:end].max(axis=0) - curves[:, start:end].min(axis=0)
+    return float(band.max() / fall)
+
+
+def suggest(
+    lrs: Sequence[float], losses: Sequence[float], noise: float | None = None
+) -> tuple[dict[str, float | None], list[str], str]:
+    """Every suggestion for one curve, the warnings that go with them, and the verdict (see the
+    module); `noise` is the seeds' `spread`, when there are several."""
     lrs_array, losses_array = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(losses_array) < 3 or losses_array.min() > (1 - FLAT) * losses_array[0]:
         return dict.fromkeys(SUGGESTIONS), [
             "the loss never fell 5% below its start: the curve is too flat (or too short) to suggest a rate"
-        ]
+        ], "flat"  # fmt: skip
+    if noise is not None and noise > NOISY:
+        return dict.fromkeys(SUGGESTIONS), [
+            f"the seeds' curves lie {noise:.2f} of the loss's fall apart before its minimum (more than "
+            f"{NOISY:g}): the curve is too noisy to suggest a rate; try a larger batch or more steps"
+        ], "noisy"  # fmt: skip
     found = {name: rule(lrs_array, losses_array) for name, rule in SUGGESTIONS.items()}
     values = [v for v in found.values() if v is not None]
-    warnings = []
     if values and max(values) / min(values) > DISAGREE:
-        warnings.append(
+        return found, [
             f"the suggestions disagree by {max(values) / min(values):.1f}x (more than {DISAGREE:g}x): "
             "look at the curves before choosing"
-        )
-    return found, warnings
+        ], "disagree"  # fmt: skip
+    return found, [], "ok"
 
 
 @contextmanager
@@ -255,7 +298,8 @@ def lr_find(
 
     Defaults: the chapter's 1e-5 to 10 over a few hundred iterations and its stop at 4x the
     minimum; smoothing 0.98 as fastai's; three seeds, so that one lucky batch order does not
-    decide. `scheduler` is only restored (the search sets every group's rate itself).
+    decide and their spread tells a noisy curve (one seed gets no "noisy" verdict). `scheduler`
+    is only restored (the search sets every group's rate itself).
 
     >>> from gradwell import models, optim
     >>> from gradwell.data import load, standardize
@@ -276,6 +320,7 @@ def lr_find(
                 search(model, train, optimizer, loss_fn, lrs, batch_size, smoothing, stop_factor, seed)
             )
     length = min(len(curve.losses) for curve in curves)
-    median = np.median([curve.losses[:length] for curve in curves], axis=0)
-    suggestions, warnings = suggest(lrs[:length], median)
-    return LRSearch(curves, suggestions, warnings)
+    band = np.array([curve.losses[:length] for curve in curves])  # (seeds, steps all of them took)
+    noise = spread(band)
+    suggestions, warnings, verdict = suggest(lrs[:length], np.median(band, axis=0), noise)
+    return LRSearch(curves, suggestions, warnings, verdict, noise)
