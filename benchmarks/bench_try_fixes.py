@@ -52,7 +52,7 @@ def main() -> None:
             sys.exit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}")
         shown = json.loads(done.stdout)
         paths = json.loads((out / "results.json").read_text())["paths"]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores")
     print(f"command: {' '.join(command[:-2])}")
     print(f"wall {wall:.1f} s (the runner: {shown['seconds']:.1f} s); target < 180 s")
     for label, path in paths.items():
@@ -63,6 +63,14 @@ def main() -> None:
         difference = f"{accuracy['mean_difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
         print(f"  {trial['label']}: val_accuracy {difference} {trial['verdict']}")
     print(f"  best: {shown['best']}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the platform's machine type."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.partition(":")[2].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
 
 
 if __name__ == "__main__":
