@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from gradwell import files
 from gradwell.data import builtin, generated_cache
 from gradwell.data.generated_cache import cached
 
@@ -95,7 +96,7 @@ def test_a_failed_write_leaves_no_file_and_the_set_is_still_returned(root, monke
     def full_disk(_):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(generated_cache.os, "fsync", full_disk)
+    monkeypatch.setattr(files.os, "fsync", full_disk)
     make, _ = count_calls(np.arange(5))
     with caplog.at_level(logging.WARNING, logger="gradwell.data.generated_cache"):
         assert np.array_equal(cached("set", {"n": 5}, make)["x"], np.arange(5))

@@ -19,7 +19,7 @@ LONGEST_FUNCTION = 60  # lines of code, blank lines and docstrings left out
 # Each layer may import the layers listed for it, and itself. What is not named is a top layer
 # (commands, cli, the package's __init__), which may import anything.
 TOOLBOX = {"errors", "activations", "init", "norm", "fold", "clip", "optim", "regularize", "selfnorm", "data"}
-TOOLBOX |= {"plots", "memory"}
+TOOLBOX |= {"plots", "memory", "files"}
 LAYERS = {
     "toolbox": (TOOLBOX, set()),
     "models": ({"models"}, {"toolbox"}),

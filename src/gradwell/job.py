@@ -36,6 +36,7 @@ from gradwell.config import Config
 from gradwell.diagnose import Monitor, Report, probe_split
 from gradwell.diagnose.probe import explain_nonfinite
 from gradwell.errors import NonFiniteError, ProcessLostError
+from gradwell.files import write_atomically
 from gradwell.plots import learning_curves
 from gradwell.run_folder import MODEL_FILE, check_output, create_run_dir, locked, save_weights
 from gradwell.train import checkpoint, distributed
@@ -100,7 +101,7 @@ def train_in(prepared: Prepared, run_dir: Path, resume: bool) -> JobResult:
         check_resumable(prepared.model, run_dir)
     if main:  # atomically: a kill while it is written must leave the old config, never an empty one
         checkpoint.remove_orphans(run_dir)
-        checkpoint.write_atomically(run_dir / "config.toml", tomli_w.dumps(config.to_dict()).encode())
+        write_atomically(run_dir / "config.toml", tomli_w.dumps(config.to_dict()).encode())
     board = run_dir / "tensorboard" if config.output.tensorboard and main else None
     monitor = Monitor(tensorboard=board)
     callbacks = [*([MetricsLogger(run_dir / "metrics.jsonl")] if main else []), monitor]

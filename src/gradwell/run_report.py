@@ -28,9 +28,9 @@ import numpy as np
 
 from gradwell.diagnose import STATS, History, diagnose_run
 from gradwell.errors import CheckpointError, GradwellError
+from gradwell.files import write_atomically
 from gradwell.plots import learning_curves
 from gradwell.run_folder import MODEL_FILE, check_run_folder, check_target
-from gradwell.train import checkpoint
 
 REPORT_FILE = "report.html"
 MAX_LAYER_ROWS = 40  # a deeper model's table shows evenly spaced layers (result.json has all)
@@ -99,7 +99,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     target = check_target(Path(output) if output is not None else run_dir / REPORT_FILE, "report")
     page = render(read_run(run_dir))
     try:
-        checkpoint.write_atomically(target, page.encode())
+        write_atomically(target, page.encode())
     except OSError as error:
         raise GradwellError(f"could not write the report {target}: {error.strerror or error}") from None
     return target

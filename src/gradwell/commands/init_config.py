@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import tomllib
 from pathlib import Path
 
 from gradwell.commands.output import console
@@ -36,8 +36,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradwell.config import load
+    from gradwell.config import from_dict
     from gradwell.errors import GradwellError
+    from gradwell.files import write_atomically
     from gradwell.guidelines import recommend
 
     recommendation = recommend(
@@ -56,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise GradwellError(f"{out} exists; give another --out, or --force to replace it")
-    temporary = out.with_name(f".{out.name}.tmp")
-    temporary.write_text(text)
-    load(temporary)  # what was written reads back as a valid config
-    os.replace(temporary, out)  # whole or not at all: an old file is never left half-written
+    from_dict(tomllib.loads(text), source="the written config")  # it reads back as a valid config
+    write_atomically(out, text.encode())  # whole or not at all: an old file is never left half-written
     console.print(f"wrote {out}: gradwell train {out}", highlight=False)
     return 0

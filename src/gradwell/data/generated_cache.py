@@ -13,10 +13,9 @@ name. A cache folder that cannot be written costs only the time: the set is gene
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from gradwell.data.cache import cache_root
+from gradwell.files import write_atomically
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bumped when the file's layout changes, so older files are never misread
@@ -72,19 +72,11 @@ def read(path: Path, text: str) -> dict[str, np.ndarray] | None:
 
 
 def write(path: Path, text: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """`arrays` into `path` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """`arrays` into `path` atomically (gradwell.files.write_atomically), with the key and checksum."""
     entries = {**arrays, KEY: np.array(text), CHECKSUM: np.array(checksum(arrays))}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **entries)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **entries)
+    write_atomically(path, buffer.getvalue())
 
 
 def cached(

@@ -17,10 +17,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from gradwell.errors import CheckpointError
+from gradwell.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +85,6 @@ def checkpoint_digest(tensors: dict[str, Tensor], state: str) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def write_atomically(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` through a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
