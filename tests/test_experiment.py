@@ -14,7 +14,7 @@ from gradwell.errors import GradwellError
 from gradwell.experiment import Results, RunRecord, run, workers, write_report
 from gradwell.experiment.execution import execute, train_single
 from gradwell.experiment.records import metric_value
-from gradwell.experiment.runner import labelled, make_tasks, seed_chunks
+from gradwell.experiment.runner import config_problem, labelled, make_tasks, seed_chunks
 
 TINY = {
     "data": {"name": "digits"},
@@ -120,9 +120,14 @@ def test_seeds_are_split_to_keep_every_worker_busy():
     assert [len(c) for c in seed_chunks(seeds, arms=3, workers=2)] == [5, 5]
     assert [len(c) for c in seed_chunks(seeds, arms=1, workers=4)] == [3, 3, 3, 1]
     assert seed_chunks(seeds, arms=3, workers=1) == [seeds]
-    tasks, paths = make_tasks({"a": tiny(), "b": tiny(train={"early_stopping": 2})}, seeds, 2, None)
+    arms = {"a": tiny(), "b": tiny(train={"early_stopping": 2})}
+    arms["found"] = tiny(schedule={"name": "onecycle", "max_lr": "find"})
+    tasks, paths = make_tasks(arms, seeds, 2, None)
     assert paths["b"].startswith("single (early stopping")
     assert sorted(len(t.seeds) for t in tasks if t.label == "b") == [1] * 10
+    # each seed's lone run finds its own rate on its own model: batching would share seed 0's
+    assert paths["found"] == f"single ({config_problem(arms['found'])})"
+    assert "searches each seed's own rate" in config_problem(arms["found"])
 
 
 def test_labels_come_from_names_stems_and_functions(tmp_path):

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from gradwell.build import FIND
 from gradwell.config import Config
 from gradwell.config import load as load_config
 from gradwell.errors import GradwellError
@@ -62,6 +63,8 @@ def config_problem(config: Config) -> str | None:
         return f"model kind {kind!r} (only MLPs are seed-batched)"
     if config.schedule.get("name") == "performance":
         return "the 'performance' schedule follows each seed's validation loss"
+    if config.schedule.get("max_lr") == FIND:
+        return "schedule.max_lr = 'find' searches each seed's own rate, on its own model, as a lone run does"
     if config.train.early_stopping is not None:
         return "early stopping ends each seed at its own epoch"
     return options_problem(config.train)
