@@ -120,9 +120,10 @@ FOUND = {  # a tiny digits network whose 1cycle peak the learning-rate finder pi
 }
 
 
-def test_max_lr_find_trains_with_the_finders_minimum_over_ten(tmp_path):
+def test_max_lr_find_trains_with_the_finders_minimum_over_ten(tmp_path, capsys):
     from gradwell import build, job
     from gradwell import config as configs
+    from gradwell.commands.train import show
 
     config = configs.from_dict({**FOUND, "output": {**FOUND["output"], "dir": str(tmp_path)}})
     searched = build.recipe(configs.from_dict({**FOUND, "schedule": {"name": "onecycle"}}))
@@ -137,6 +138,9 @@ def test_max_lr_find_trains_with_the_finders_minimum_over_ten(tmp_path):
     assert f"max_lr = {expected['minimum / 10']!r}" in written  # the rate used, to rerun or resume
     recorded = json.loads((result.run_dir / "result.json").read_text())["lr_find"]
     assert recorded["max_lr"] == expected["minimum / 10"] and recorded["rule"] == "minimum / 10"
+    show(result, as_json=False)  # what gradwell train prints
+    printed = capsys.readouterr().out
+    assert "max_lr found" in printed and f"{expected['minimum / 10']:.4g} (the learning-rate" in printed
 
 
 @pytest.mark.parametrize(

@@ -116,6 +116,9 @@ def show(result: Any, as_json: bool) -> None:
         ("epochs", f"{len(result.epochs)} ({result.stop_reason})"),
         ("time", f"{result.seconds:.1f} s"),
     ]
+    if result.lr_find is not None:  # schedule.max_lr = "find"
+        found = result.lr_find
+        rows.append(("max_lr found", f"{found['max_lr']:.4g} (the learning-rate finder's {found['rule']})"))
     rows += [
         (f"final {k}", f"{final[k]:.4f}")
         for k in ("loss", "accuracy", "val_loss", "val_accuracy")
