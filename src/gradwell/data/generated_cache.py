@@ -105,3 +105,21 @@ def cached(
     except OSError as error:  # a read-only or full cache folder: the set is still good to use
         log.warning("data set cache %s cannot be written (%s); it will be made again next time", path, error)
     return arrays
+
+
+def status(name: str) -> str:
+    """What the cache holds of the generated set `name`: how many variants and their size on disk.
+
+    >>> import tempfile
+    >>> from unittest import mock
+    >>> with tempfile.TemporaryDirectory() as root, mock.patch.dict("os.environ", GRADWELL_DATA=root):
+    ...     before = status("squares")
+    ...     _ = cached("squares", {"n": 3}, lambda: {"x": np.arange(3) ** 2})
+    ...     before, status("squares").split(" (")[0]
+    ('generated on use, then cached', '1 set cached')
+    """
+    files = sorted((cache_root() / name).glob("*.npz"))
+    if not files:
+        return "generated on use, then cached"
+    size = sum(f.stat().st_size for f in files) / 1e6
+    return f"{len(files)} set{'s' if len(files) > 1 else ''} cached ({size:.1f} MB)"
