@@ -111,6 +111,19 @@ def test_gradwell_lr_find_writes_the_curves_and_suggests(tmp_path, capsys):
     assert "--seeds must be a positive int; got 0" in capsys.readouterr().err
 
 
+def test_gradwell_lr_find_on_a_config_that_finds_its_max_lr_searches_once(tmp_path, monkeypatch, capsys):
+    from gradwell import build, cli
+
+    def searched_before(*args, **kwargs):
+        raise AssertionError("the recipe searched before the command's own search")
+
+    monkeypatch.setattr(build, "lr_find", searched_before)
+    overrides = ["--set", "data.name=digits", "--set", "model.depth=1", "--set", "schedule.max_lr=find"]
+    out = str(tmp_path / "once")
+    assert cli.main(["lr-find", *overrides, "--steps", "30", "--seeds", "1", "--out", out, "--json"]) == 0
+    assert [curve["seed"] for curve in json.loads(capsys.readouterr().out)["curves"]] == [0]
+
+
 FOUND = {  # a tiny digits network whose 1cycle peak the learning-rate finder picks
     "data": {"name": "digits"},
     "model": {"depth": 1, "width": 16},

@@ -35,6 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from gradwell import build
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise GradwellError(f"--seeds must be a positive int; got {args.seeds}")
     config = configs.load(args.config, args.set)
+    if config.schedule.get("max_lr") == build.FIND:  # the search is this command's: not once more before it
+        schedule = {key: value for key, value in config.schedule.items() if key != "max_lr"}
+        config = dataclasses.replace(config, schedule=schedule)
     recipe = build.recipe(config)
     model = recipe.model()
     recipe.check(model)
