@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +11,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from gradwell.commands.output import console, print_json, runs_progress
+from gradwell.commands.runs import add_runner_options, executor_for
 
 if TYPE_CHECKING:
     from gradwell.experiment import Results
@@ -50,16 +49,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "digits, fashion_mnist, npz:PATH, ...), as --set data.name=NAME: the configs' other data options "
         "are dropped; loaded and checked before anything trains",
     )
-    parser.add_argument("--workers", type=int, help="worker processes (default: one per core; 0: none)")
-    parser.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        metavar="ADDRESS",
-        help="run the config x seed grid as Ray tasks: on the cluster in RAY_ADDRESS or a new local "
-        "Ray instance, or on the cluster at ADDRESS (e.g. auto, ray://host:10001; local: always a new "
-        "instance); a run whose worker dies fails, not retried; needs pip install 'gradwell[ray]'",
-    )
+    add_runner_options(parser)
     parser.add_argument("--out", help="the run folder (default runs/compare-<timestamp>)")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.set_defaults(handler=run)
@@ -87,18 +77,10 @@ def run(args: argparse.Namespace) -> int:
 
         for config in {json.dumps(c.data, sort_keys=True): c for c in arms.values()}.values():
             dataset_of(config)
-    with runs_progress(len(arms) * args.seeds, "training") as on_done:
-        if args.ray is None:
-            results = run_experiment(arms, seeds=range(args.seeds), workers=args.workers, on_done=on_done)
-        else:
-            from gradwell.experiment.cluster import RayExecutor
-
-            # Ray prints its workers' output and its own error messages (a worker died) on stdout,
-            # which is gradwell's results (the JSON of --json): they go to stderr until Ray stops
-            with contextlib.redirect_stdout(sys.stderr), RayExecutor(args.ray or None) as executor:
-                results = run_experiment(
-                    arms, seeds=range(args.seeds), workers=args.workers, executor=executor, on_done=on_done
-                )
+    with runs_progress(len(arms) * args.seeds, "training") as on_done, executor_for(args) as executor:
+        results = run_experiment(
+            arms, seeds=range(args.seeds), workers=args.workers, executor=executor, on_done=on_done
+        )
     out = Path(args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
     comparison = write_report(results, out, args.metric)
     if args.json:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradwell.commands.output import console, print_json, runs_progress
+from gradwell.commands.runs import add_runner_options, executor_for
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -59,14 +58,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     tries.add_argument("--try-fixes", action="store_true", help="try each prescribed fix over seeds")
     tries.add_argument("--seeds", type=int, default=5, help="seeds per config, 0..N-1 (default 5)")
-    tries.add_argument("--workers", type=int, help="worker processes (default: one per core; 0: none)")
-    tries.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        metavar="ADDRESS",
-        help="run the configs x seeds as Ray tasks, as `gradwell compare --ray` does",
-    )
+    add_runner_options(tries)
     tries.add_argument("--out", help="the run folder (default runs/try-fixes-<timestamp>)")
     parser.set_defaults(handler=run)
 
@@ -181,15 +173,8 @@ def run_try_fixes(args: argparse.Namespace, config, report, classes: int) -> int
         console.print(report)
     runs = (len(candidates(config, report.verdicts)[0]) + 1) * args.seeds
     options = {"classes": classes, "seeds": args.seeds, "workers": args.workers}
-    with runs_progress(runs, "trying the fixes") as on_done:
-        if args.ray is None:
-            tried = try_fixes(config, report.verdicts, **options, on_done=on_done)
-        else:
-            from gradwell.experiment.cluster import RayExecutor
-
-            # Ray prints on stdout, which holds gradwell's results (the JSON of --json): stderr until it stops
-            with contextlib.redirect_stdout(sys.stderr), RayExecutor(args.ray or None) as executor:
-                tried = try_fixes(config, report.verdicts, **options, executor=executor, on_done=on_done)
+    with runs_progress(runs, "trying the fixes") as on_done, executor_for(args) as executor:
+        tried = try_fixes(config, report.verdicts, **options, executor=executor, on_done=on_done)
     out = Path(args.out or f"runs/try-fixes-{datetime.now():%Y%m%d-%H%M%S}")
     written = write_fixes(tried, out)
     if args.json:
