@@ -90,6 +90,8 @@ def test_scaled_changes_resolve_against_the_config_or_the_default_they_stand_for
         "optimizer.lr": 0.001  # SGD's default 0.01, tenfold lower
     }
     assert resolved(configs.load(None, ["schedule.max_lr=find"]), {"schedule.max_lr": Scaled(0.5)}) == {}
+    no_name = configs.from_dict({"schedule": {"name": "none"}})  # the recipe's Nadam, at its default 0.001
+    assert resolved(no_name, lower) == {"optimizer.lr": 0.0001}
 
 
 def model_and_optimizer(changes):

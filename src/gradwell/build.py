@@ -45,6 +45,7 @@ from gradwell.train.losses import check_data_fits_model
 from gradwell.train.lr_find import LRSearch, lr_find
 
 BUILDERS = {"mlp": models.mlp, "cnn": models.cnn}
+DEFAULT_OPTIMIZER = "nadam"  # a config without optimizer.name: Adam with Nesterov momentum, Keras's defaults
 log = logging.getLogger(__name__)
 RUN_ARGUMENTS = ("checkpoint_dir", "resume", "progress", "explain_nonfinite")  # fit's, not [train]'s
 FIND = "find"  # schedule.max_lr = "find": the learning-rate finder picks 1cycle's peak (see the module)
@@ -127,7 +128,7 @@ def check_sections(config: Config) -> None:
     if builtin and isinstance(activation, str) and activation_info(activation) is None:
         raise ConfigError(f"model.activation: {unknown_name('activation', activation, ACTIVATIONS)}")
     values = dict(config.optimizer)
-    name = check_name("optimizer", values.pop("name", "nadam"), optim.OPTIMIZERS)
+    name = check_name("optimizer", values.pop("name", DEFAULT_OPTIMIZER), optim.OPTIMIZERS)
     check_types("optimizer", optim.OPTIMIZERS[name], values)
     # the options every optimizer takes through GradwellOptimizer
     check_types("optimizer", optim.GradwellOptimizer, {k: v for k, v in values.items() if k in optim.OPTIONS})
@@ -225,7 +226,7 @@ def quoted_key(section: str, options: dict[str, Any], message: str) -> str:
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     """The [optimizer] section's optimizer over the model's parameters (Nadam by default)."""
     options = dict(config.optimizer)
-    return optim.create(options.pop("name", "nadam"), model.parameters(), **options)
+    return optim.create(options.pop("name", DEFAULT_OPTIMIZER), model.parameters(), **options)
 
 
 def build_schedule(config: Config, optimizer: torch.optim.Optimizer, steps: int) -> Any:

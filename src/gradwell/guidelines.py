@@ -29,9 +29,11 @@ from typing import Any
 
 import tomli_w
 
-from gradwell.config import DEFAULT, Config, from_dict, with_changes
-from gradwell.errors import ConfigError, unknown_name
+from gradwell.build import DEFAULT_OPTIMIZER
+from gradwell.config import DEFAULT, Config, with_changes
+from gradwell.errors import unknown_name
 from gradwell.optim import OPTIMIZERS, SCHEDULES
+from gradwell.train.options import positive_count
 
 
 @dataclass(frozen=True)
@@ -178,11 +180,7 @@ class Recommendation:
 
     def config(self) -> Config:
         """The recommended config, checked as a loaded one is."""
-        raw = {"data": {}, "model": {}, "optimizer": {}, "schedule": {}, "train": {}}
-        for key, value in self.changes.items():
-            section, _, name = key.partition(".")
-            raw[section][name] = value
-        return from_dict(raw, source=f"the {self.kind} recommendation")
+        return with_changes(Config(), self.changes, f"the {self.kind} recommendation")
 
     def to_toml(self) -> str:
         """A TOML config for ``gradwell train``, each choice commented with its reason."""
@@ -255,8 +253,7 @@ def check_choices(
     depth: int, kind: str, width: int, optimizer: str | None, schedule: str, epochs: int
 ) -> None:
     for name, value in (("depth", depth), ("width", width), ("epochs", epochs)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a positive int; got {value!r}")
+        positive_count(name, value)
     if kind not in KINDS:
         raise unknown_name("kind", kind, KINDS)
     if optimizer is not None and optimizer not in OPTIMIZER_CHOICES:
@@ -293,7 +290,9 @@ def current_value(config: Config, key: str) -> Any:
     if name in table:
         return table[name]
     factories = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
-    factory = factories.get(section, {}).get(table.get("name"))
+    factory = factories.get(section, {}).get(
+        table.get("name", DEFAULT_OPTIMIZER if section == "optimizer" else None)
+    )
     parameter = inspect.signature(factory).parameters.get(name) if factory is not None else None
     return None if parameter is None or parameter.default is parameter.empty else parameter.default
 

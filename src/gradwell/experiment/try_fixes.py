@@ -85,6 +85,10 @@ class FixesTried:
     classes: int
     notes: list[str] = field(default_factory=list)
 
+    def values(self, label: str, metric: str) -> list[float | None]:
+        """`label`'s `metric` per seed, a failed run scored at chance (``chance_scores``)."""
+        return self.results.values(label, metric, chance_scores(self.metrics, self.classes)[metric])
+
     @property
     def best(self) -> Trial | None:
         """The fix that helps most: the largest mean gain in validation accuracy among those that help."""
@@ -97,7 +101,7 @@ class FixesTried:
             "verdicts": self.verdicts,
             "seeds": self.results.seeds if self.results is not None else [],
             "metrics": list(self.metrics),
-            "failed_score": {"accuracy": 1 / self.classes, "loss": math.log(self.classes)},
+            "failed_score": chance_scores(self.metrics, self.classes),
             "trials": [t.to_dict() for t in self.trials],
             "untried": [{"fix": fix, "why": why} for fix, why in self.untried],
             "best": best.candidate.label if best is not None else None,
@@ -177,12 +181,23 @@ def metric_names(config: Config) -> tuple[str, str]:
     return f"{prefix}val_accuracy", f"{prefix}val_loss"
 
 
+def chance_scores(metrics: tuple[str, str], classes: int) -> dict[str, float]:
+    """What a failed (diverged) run scores on the accuracy and the loss compared: a uniform guess's
+    1/K and ln K on K classes.
+
+    >>> chance_scores(("val_accuracy", "val_loss"), 10)
+    {'val_accuracy': 0.1, 'val_loss': 2.302585092994046}
+    """
+    accuracy, loss = metrics
+    return {accuracy: 1 / classes, loss: math.log(classes)}
+
+
 def judge(
     candidates: list[Candidate], results: Results, metrics: tuple[str, str], classes: int
 ) -> list[Trial]:
     """Each candidate against the original on the same seeds; verdicts Holm-adjusted over the candidates."""
     accuracy, loss = metrics
-    chance = {accuracy: 1 / classes, loss: math.log(classes)}
+    chance = chance_scores(metrics, classes)
 
     def pair(label: str, metric: str, p_adjusted: float | None = None) -> Paired:
         return paired(
@@ -250,8 +265,7 @@ def plot_fixes(tried: FixesTried, path: str | Path, title: str = "") -> Path:
         for axis, metric, which in zip(axes, tried.metrics, ("accuracy", "loss"), strict=True):
             for row, trial in enumerate(tried.trials):
                 result = getattr(trial, which)
-                a = tried.results.values(trial.candidate.label, metric, chance(tried, which))
-                b = tried.results.values(ORIGINAL, metric, chance(tried, which))
+                a, b = tried.values(trial.candidate.label, metric), tried.values(ORIGINAL, metric)
                 axis.scatter(
                     [x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None],
                     [row] * result.n,
@@ -274,10 +288,6 @@ def plot_fixes(tried: FixesTried, path: str | Path, title: str = "") -> Path:
             axis.set_xlabel(f"{metric}: fix - original (95% CI)")
         axes[1].set_yticklabels([])
     return Path(path)
-
-
-def chance(tried: FixesTried, which: str) -> float:
-    return 1 / tried.classes if which == "accuracy" else math.log(tried.classes)
 
 
 def write_fixes(tried: FixesTried, directory: str | Path) -> dict[str, Path]:
