@@ -150,6 +150,15 @@ class ClaimResult:
 ACCURACY = "test_accuracy"
 
 
+def clipping_arms(lr: float) -> Callable[[Scale], dict[str, Any]]:
+    """Claims 6 and 13: the 10x100 ReLU MLP for 10 epochs of SGD with momentum at `lr`, with global
+    clipping at 1.0 and without."""
+    return lambda s: {
+        "clipped": mlp(s, depth=10, epochs=10, lr=lr, optimizer_options={"global_clipnorm": 1.0}),
+        "unclipped": mlp(s, depth=10, epochs=10, lr=lr),
+    }
+
+
 CLAIMS: tuple[Claim, ...] = (
     Claim(
         "he-init",
@@ -222,10 +231,7 @@ CLAIMS: tuple[Claim, ...] = (
         "10x100 ReLU MLP, He init, SGD momentum 0.9 at lr 0.5 (where a premise check on MNIST-1D saw "
         "the unclipped loss turn non-finite in epoch 1 for 3 seeds of 3), 10 epochs; global_clipnorm 1.0 "
         "vs none; a diverged run scores chance accuracy (1/K for K classes: 0.1 on MNIST-1D)",
-        lambda s: {
-            "clipped": mlp(s, depth=10, epochs=10, lr=0.5, optimizer_options={"global_clipnorm": 1.0}),
-            "unclipped": mlp(s, depth=10, epochs=10, lr=0.5),
-        },
+        clipping_arms(0.5),
         (Part("clipped", "unclipped", "better", ACCURACY),),
         failed_value=CHANCE,
     ),
@@ -353,10 +359,7 @@ CLAIMS: tuple[Claim, ...] = (
         "claim 6 declared anew: 10x100 ReLU MLP, He init, SGD momentum 0.9 at lr 0.2, 10 epochs; "
         "global_clipnorm 1.0 vs none; MNIST-1D generated from data seed 1201 (the other claims: 42); "
         "a diverged run scores chance accuracy (1/K for K classes: 0.1 on MNIST-1D)",
-        lambda s: {
-            "clipped": mlp(s, depth=10, epochs=10, lr=0.2, optimizer_options={"global_clipnorm": 1.0}),
-            "unclipped": mlp(s, depth=10, epochs=10, lr=0.2),
-        },
+        clipping_arms(0.2),
         (Part("clipped", "unclipped", "better", ACCURACY),),
         failed_value=CHANCE,
         data_seed=1201,
