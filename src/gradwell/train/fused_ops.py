@@ -13,13 +13,15 @@ Batch normalization, for a batch x of N rows, per feature (Ioffe and Szegedy, 20
 
 runs through torch's own kernels in both directions (``native_batch_norm`` and
 ``native_batch_norm_backward``), the ones autograd runs for the eager layer: the results are the
-eager layer's bit for bit, overflow included. A formula written out by hand computed the same
+eager layer's bit for bit, overflow included. (A formula written out by hand computed the same
 function in another order, from x_hat where torch's kernel uses x - mu, and a diverging run then
-trained on with a NaN validation loss where the eager one stops at the step and layer.
-and the moving statistics are updated by the module's own ``update_moving_statistics`` from the
-same batch statistics, so they equal the eager layer's. Dropout and AlphaDropout draw their masks as torch's
-CPU kernels do (``empty_like(x).bernoulli_(1 - p)``, then the same scaling), from the same
-generator, so the same seed gives the same masks as the eager modules.
+trained on with a NaN validation loss where the eager one stops at the step and layer.) The moving
+statistics are updated by the module's own ``update_moving_statistics`` from the same batch
+statistics, so they equal the eager layer's.
+
+Dropout and AlphaDropout draw their masks as torch's CPU kernels do
+(``empty_like(x).bernoulli_(1 - p)``, then the same scaling), from the same generator, so the same
+seed gives the same masks as the eager modules.
 """
 
 from __future__ import annotations
