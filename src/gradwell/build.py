@@ -303,7 +303,7 @@ class Recipe:
     def check(self, model: nn.Module) -> None:
         """DataError before training when the data cannot go through `model`."""
         train = self.dataset.train.to(self.device)
-        check_data_fits_model(model, train.stored, train.y, self.options.loss, decode=train.features)
+        check_data_fits_model(model, train, self.options.loss)
 
     def trainable(self, model: nn.Module) -> None:
         """`check`, and an error (gradwell.memory) when training `model` would not fit in memory."""

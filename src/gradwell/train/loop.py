@@ -31,7 +31,7 @@ from gradwell.selfnorm import warn_if_penalties_break_self_normalization
 from gradwell.train import checkpoint, distributed, nonfinite, state
 from gradwell.train.callbacks import Callback
 from gradwell.train.guard import Interrupted, nonfinite_error, nonfinite_validation, stop_on_signals
-from gradwell.train.losses import as_split, check_data_fits_model, evaluate
+from gradwell.train.losses import as_split, check_data_fits_model, evaluate_split
 from gradwell.train.options import TrainOptions, training_options
 from gradwell.train.paths import BuiltStep, choose
 from gradwell.train.step import Metrics, StepContext
@@ -193,7 +193,7 @@ def fit(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     data = DeviceData.of(data, device)
-    check_data_fits_model(model, data.train.stored, data.train.y, options.loss, decode=data.train.features)
+    check_data_fits_model(model, data.train, options.loss)
     warn_if_penalties_break_self_normalization(model, options.l1, options.l2)
     run, context, bar = start(model, optimizer, scheduler, callbacks, device, options, data, progress)
     decision, path = choose(context)
@@ -312,7 +312,7 @@ def train_epochs(run: Run, step: BuiltStep, data: DeviceData, guard: EpochGuard)
         with step.user_view():
             guard.check(run, first_nonfinite, epoch_start)
         if data.val is not None:
-            val = evaluate(run.model, data.val.stored, data.val.y, run.options.loss, decode=data.val.features)
+            val = evaluate_split(run.model, data.val, run.options.loss)
             if epoch_start is not None and not math.isfinite(val["loss"]):
                 with step.user_view():
                     raise nonfinite_validation(run, epoch_start)

@@ -100,18 +100,18 @@ def as_split(split: Any) -> Split:
     return split if isinstance(split, Split) else Split(split.x, split.y)
 
 
-def check_data_fits_model(
-    model: nn.Module, x: Tensor, y: Tensor, loss: str | Loss, decode: Callable[[Tensor], Tensor] | None = None
-) -> None:
-    """Fail before training when the data cannot go through the model, naming both shapes.
+def check_data_fits_model(model: nn.Module, split: Split, loss: str | Loss) -> None:
+    """Fail before training when the training split cannot go through the model, naming both shapes.
 
-    `x` may be stored samples (uint8 pixels, always finite) that `decode` makes features.
+    Stored pixels (uint8, always finite) are decoded for the model as the loop decodes them.
 
-    >>> check_data_fits_model(nn.Linear(4, 3), torch.randn(8, 5), torch.zeros(8, dtype=torch.long), "mse")
+    >>> samples = Split(torch.randn(8, 5), torch.zeros(8, dtype=torch.long))
+    >>> check_data_fits_model(nn.Linear(4, 3), samples, "mse")
     Traceback (most recent call last):
     ...
     gradwell.errors.DataError: the model cannot take inputs of shape (5,): ...
     """
+    x, y = split.stored, split.y
     if len(x) == 0 or len(x) != len(y):
         raise DataError(
             f"the training split has {len(x)} samples and {len(y)} labels; it needs as many "
@@ -120,7 +120,7 @@ def check_data_fits_model(
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[0])
         raise DataError(f"training sample {bad} holds a non-finite value (NaN or infinity)")
-    output = sample_output(model, x[:2] if decode is None else decode(x[:2]))
+    output = sample_output(model, split.features(x[:2]))
     if loss in ELEMENTWISE and (y.shape[1:] != output.shape[1:] or not y.is_floating_point()):
         raise DataError(
             f"loss {loss!r} compares each output with a float target of the same shape: the model "
