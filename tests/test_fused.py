@@ -33,7 +33,7 @@ def mlp(activation="selu", **options):
     model = models.mlp(
         (2, 4),
         3,
-        hidden=[16, 12, 8],
+        hidden=[12, 12, 12],  # two 12 x 12 layers: their weight gradients are one batched product
         activation=activation,
         generator=torch.Generator().manual_seed(0),
         **options,
@@ -63,10 +63,56 @@ def test_fused_gradients_equal_autograd(activation):
         Metrics(torch.device("cpu")),
     )
     step(x, y)
+    assert [group.weights.shape for group in step.groups] == [(2, 12, 12)]
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         assert torch.allclose(
             p.grad if p.grad is not None else step.grads[id(p)], q.grad, rtol=1e-12, atol=1e-14
         ), name
+
+
+def test_each_shape_of_layer_gets_its_weight_gradients_from_one_batched_product():
+    from gradwell.regularize import l1_l2_penalty
+
+    def net():  # 6 x 6 layers twice, a lone 6 -> 5, 5 x 5 twice: two groups
+        generator = torch.Generator().manual_seed(1)
+        return models.mlp(
+            (2, 4), 3, hidden=[6, 6, 6, 5, 5, 5], activation="elu", generator=generator
+        ).double()
+
+    reference, model = net(), net()
+    data = blobs64()
+    x, y = data.train.x[:32], data.train.y[:32]
+    weights = [m.weight for m in reference.modules() if isinstance(m, nn.Linear)]
+    (nn.functional.cross_entropy(reference(x), y) + l1_l2_penalty(weights, 1e-3, 1e-2)).backward()
+    sgd = optim.create("sgd", model.parameters(), lr=0.0)
+    step = FusedStep(model, nn.functional.cross_entropy, sgd, Metrics(torch.device("cpu")), l1=1e-3, l2=1e-2)
+    step(x, y)
+    assert [tuple(group.weights.shape) for group in step.groups] == [(2, 6, 6), (2, 5, 5)]
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(p, q), name  # the flat buffer's grouped layout holds each parameter as it was
+        assert torch.allclose(step.grads[id(p)], q.grad, rtol=1e-12, atol=1e-14), name
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "target"),
+    [
+        (nn.functional.cross_entropy, torch.tensor([0, 2, 1, 2, 0, 1])),  # by hand: torch's kernels
+        (nn.functional.cross_entropy, torch.full((6, 3), 1 / 3, dtype=torch.float64)),  # soft labels
+        (nn.functional.mse_loss, torch.zeros(6, 3, dtype=torch.float64)),
+    ],
+    ids=["labels", "soft-labels", "mse"],
+)
+def test_the_loss_and_its_gradient_are_autograds_bit_for_bit(loss_fn, target):
+    model = mlp()
+    step = FusedStep(model, loss_fn, optim.create("sgd", model.parameters()), Metrics(torch.device("cpu")))
+    logits = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss, grad = step.loss_and_grad(logits, target)
+    leaf = logits.clone().requires_grad_()
+    expected = loss_fn(leaf, target)
+    expected.backward()
+    assert torch.equal(loss, expected.detach()) and torch.equal(grad, leaf.grad)
+    assert not loss.requires_grad
 
 
 def train(
@@ -342,7 +388,9 @@ def test_fused_dropout_draws_the_eager_masks(module, generator):
 
 
 def network(seed=0, dtype=torch.float64, **options):
-    model = models.mlp((2, 4), 3, hidden=[16, 12], generator=torch.Generator().manual_seed(seed), **options)
+    model = models.mlp(
+        (2, 4), 3, hidden=[12, 12, 12], generator=torch.Generator().manual_seed(seed), **options
+    )
     return model.to(dtype)
 
 

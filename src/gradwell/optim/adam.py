@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from gradwell.optim.base import GradwellOptimizer, Scalar, addcdiv_, per_tensor, vector
+from gradwell.optim.base import GradwellOptimizer, Scalar, addcdiv_, counts, per_tensor, store_
 
 
 def moments_(
@@ -28,11 +28,11 @@ def moments_(
 
 
 def denominators(
-    exp_avg_sqs: list[Tensor], t: Tensor, beta2: float, eps: float, capturable: bool
+    exp_avg_sqs: list[Tensor], t: Tensor | float, beta2: float, eps: float, capturable: bool
 ) -> list[Tensor]:
-    """sqrt(s_hat) + eps with s_hat = s / (1 - b2^t), t the step of each tensor: (n,)."""
+    """sqrt(s_hat) + eps with s_hat = s / (1 - b2^t), t the step of each tensor (see base.counts)."""
     roots = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_mul_(roots, per_tensor(torch.rsqrt(1 - beta2**t), exp_avg_sqs[0], capturable))
+    torch._foreach_mul_(roots, per_tensor((1 - beta2**t) ** -0.5, exp_avg_sqs[0], capturable))
     torch._foreach_add_(roots, eps)
     return roots
 
@@ -53,7 +53,7 @@ def adam_(
     """One Adam step in place, with AdamW's decoupled weight decay first when `weight_decay` > 0."""
     beta1, beta2 = betas
     torch._foreach_add_(steps, 1.0)
-    t = vector(steps)
+    t = counts(steps, capturable)
     if weight_decay:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     moments_(grads, exp_avgs, exp_avg_sqs, beta1, beta2)
@@ -76,7 +76,7 @@ def adamax_(
     """One AdaMax step in place (Keras's form)."""
     beta1, beta2 = betas
     torch._foreach_add_(steps, 1.0)
-    t = vector(steps)
+    t = counts(steps, capturable)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_infs, beta2)
     torch._foreach_maximum_(exp_infs, torch._foreach_abs(grads))
@@ -101,11 +101,11 @@ def nadam_(
     """One Nadam step in place (Dozat's momentum schedule, Keras 2's and torch's form)."""
     beta1, beta2 = betas
     torch._foreach_add_(steps, 1.0)
-    t = vector(steps)
+    t = counts(steps, capturable)
     mu = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
     mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
-    product = vector(mu_products) * mu  # prod of mu_1 .. mu_t
-    torch._foreach_copy_(mu_products, list(product.unbind()))
+    product = counts(mu_products, capturable) * mu  # prod of mu_1 .. mu_t
+    store_(mu_products, product)
     moments_(grads, exp_avgs, exp_avg_sqs, beta1, beta2)
     denominator = denominators(exp_avg_sqs, t, beta2, eps, capturable)
     addcdiv_(params, grads, denominator, per_tensor(-lr * (1 - mu) / (1 - product), params[0], capturable))

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradwell.activations import FusedKernel, activation_info
@@ -46,6 +47,8 @@ from gradwell.train.fused_ops import (
     DropoutLayer,
     Layer,
     LinearLayer,
+    WeightGradients,
+    cross_entropy_with_grad,
 )
 from gradwell.train.step import Metrics, StepContext
 
@@ -167,15 +170,47 @@ def plan(model: nn.Module) -> Plan | str:
     return result
 
 
-def layer(kind: str, value: Any, grads: dict[int, Tensor], l1: float, l2: float) -> Layer:
-    """The fused layer of a planned module."""
+def layer(
+    kind: str,
+    value: Any,
+    grads: dict[int, Tensor],
+    l1: float,
+    l2: float,
+    groups: dict[int, tuple[WeightGradients, int]],
+) -> Layer:
+    """The fused layer of a planned module (`groups`: id(Linear) -> its weight group and place)."""
     if kind == "linear":
-        return LinearLayer(value, grads, l1, l2)
+        return LinearLayer(value, grads, l1, l2, groups.get(id(value)))
     if kind == "batchnorm":
         return BatchNormLayer(value, grads)
     if kind == "activation":
         return ActivationLayer(value, grads)
     return DropoutLayer(value) if kind == "dropout" else AlphaDropoutLayer(value)
+
+
+def same_shaped(linears: list[nn.Linear]) -> list[list[nn.Linear]]:
+    """The groups of two or more Linear layers with the same weight shape and bias or none: their
+    weight gradients are one batched product (fused_ops.WeightGradients)."""
+    found: dict[tuple[Any, ...], list[nn.Linear]] = defaultdict(list)
+    for linear in linears:
+        found[(*linear.weight.shape, linear.bias is not None)].append(linear)
+    return [group for group in found.values() if len(group) > 1]
+
+
+def layout(found: Plan) -> tuple[list[nn.Parameter], list[list[nn.Linear]]]:
+    """The parameters in the order the flat buffer holds them, and the same-shaped Linear groups.
+
+    Each group's weights come first, one after another, then its biases, so that each is one
+    (G, out, in) or (G, out) block of the buffer; the other parameters follow in the order they run.
+    """
+    groups = same_shaped(found.linears)
+    grouped = [p for group in groups for p in [*(linear.weight for linear in group), *biases(group)]]
+    first = {id(p) for p in grouped}
+    return grouped + [p for p in found.parameters() if id(p) not in first], groups
+
+
+def biases(linears: list[nn.Linear]) -> list[nn.Parameter]:
+    return [linear.bias for linear in linears if linear.bias is not None]
 
 
 def why_not_fused(
@@ -225,7 +260,7 @@ class FusedStep:
         self.model, self.loss_fn, self.optimizer, self.metrics = model, loss_fn, optimizer, metrics
         self.accuracy, self.max_norm, self.l1, self.l2 = accuracy, max_norm, l1, l2
         self.weights = [linear.weight for linear in found.linears]  # what the l1/l2 penalty covers
-        self.params = found.parameters()
+        self.params, same = layout(found)
         first = self.params[0]
         total = sum(p.numel() for p in self.params)
         self.flat = nn.Parameter(torch.empty(total, device=first.device, dtype=first.dtype))
@@ -240,20 +275,45 @@ class FusedStep:
                 self.grads[id(p)] = self.flat.grad[offset : offset + p.numel()].view_as(p)
                 self.offsets.append(offset)
                 offset += p.numel()
-        self.layers = [layer(kind, value, self.grads, l1, l2) for kind, value in found.modules]
+        self.groups = [self.weight_gradients(group) for group in same]
+        places = {
+            id(linear): (weights, i)
+            for weights, group in zip(self.groups, same, strict=True)
+            for i, linear in enumerate(group)
+        }
+        self.layers = [layer(kind, value, self.grads, l1, l2, places) for kind, value in found.modules]
         self.swap_in()
+
+    def weight_gradients(self, group: list[nn.Linear]) -> WeightGradients:
+        """The batched weight gradients of a group, over its blocks of the flat buffer (see `layout`)."""
+        first, shape, count = group[0].weight, group[0].weight.shape, len(group)
+        start = self.offsets[next(i for i, p in enumerate(self.params) if p is first)]
+        size = count * first.numel()
+        weights = self.flat.data[start : start + size].view(count, *shape)
+        weight_grads = self.flat.grad[start : start + size].view(count, *shape)
+        bias_grads = None
+        if group[0].bias is not None:
+            bias_grads = self.flat.grad[start + size : start + size + count * shape[0]].view(count, shape[0])
+        return WeightGradients(weights, weight_grads, bias_grads, self.l1, self.l2)
 
     def __call__(self, x: Tensor, y: Tensor, eager: bool = False) -> Tensor:
         if eager:
             return self.autograd_step(x, y)
         with torch.no_grad():
             logits, saved = self.forward(x.flatten(1) if self.flatten else x)
-        logits.requires_grad_()
-        loss = self.loss_fn(logits, y)
-        (grad,) = torch.autograd.grad(loss, logits)
-        with torch.no_grad():
+            loss, grad = self.loss_and_grad(logits, y)
             self.backward(grad, saved)
-        return self.finish(loss.detach(), logits.detach(), y)
+        return self.finish(loss, logits, y)
+
+    def loss_and_grad(self, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss and d loss / d logits: by hand for cross-entropy on class labels, else by autograd."""
+        if self.loss_fn is F.cross_entropy and logits.dim() == 2 and not y.is_floating_point():
+            return cross_entropy_with_grad(logits, y)
+        with torch.enable_grad():
+            leaf = logits.detach().requires_grad_()
+            loss = self.loss_fn(leaf, y)
+            (grad,) = torch.autograd.grad(loss, leaf)
+        return loss.detach(), grad
 
     def autograd_step(self, x: Tensor, y: Tensor) -> Tensor:
         """The same step through autograd and the model's hooks (a callback sampling this step)."""
@@ -288,6 +348,8 @@ class FusedStep:
         """Write every parameter's gradient into the flat buffer, from d loss / d logits."""
         for i in range(len(self.layers) - 1, -1, -1):
             grad = self.layers[i].backward(grad, saved[i], i > 0)
+        for group in self.groups:
+            group.write()
 
     def swap_in(self) -> None:
         """Give the optimizer one flat parameter and flat state built from its per-parameter state.

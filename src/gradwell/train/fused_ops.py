@@ -38,26 +38,97 @@ from gradwell.norm import BatchNorm
 ALPHA = 1.7580993408473766  # -SELU's lambda * alpha: AlphaDropout's saturation value, as torch's kernel
 
 
-class LinearLayer:
-    """z = a W^T + b; dW = dz^T a (+ the l1/l2 penalty's gradient), db = sum(dz), da = dz W."""
+def cross_entropy_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """F.cross_entropy(logits, labels) (mean over the batch) and its gradient with respect to the
+    logits, softmax(logits) - onehot(labels) over N, by the kernels autograd runs for it, without
+    autograd: bit for bit its loss and gradient, in about a third of the time for one batch.
 
-    def __init__(self, linear: nn.Linear, grads: dict[int, Tensor], l1: float, l2: float) -> None:
+    >>> logits, labels = torch.randn(4, 3, requires_grad=True), torch.tensor([0, 2, 1, 2])
+    >>> loss, grad = cross_entropy_with_grad(logits.detach(), labels)
+    >>> reference = F.cross_entropy(logits, labels)
+    >>> torch.equal(loss, reference.detach()), torch.equal(grad, torch.autograd.grad(reference, logits)[0])
+    (True, True)
+    """
+    ops = torch.ops.aten
+    mean, ignore_index = 1, -100  # F.cross_entropy's defaults: reduction "mean", ignore_index -100
+    log_p = ops._log_softmax(logits, 1, False)
+    loss, total_weight = ops.nll_loss_forward(log_p, labels, None, mean, ignore_index)
+    grad_log_p = ops.nll_loss_backward(
+        torch.ones_like(loss), log_p, labels, None, mean, ignore_index, total_weight
+    )
+    return loss, ops._log_softmax_backward_data(grad_log_p, log_p, 1, logits.dtype)
+
+
+def add_penalty_gradient_(weight_grad: Tensor, weight: Tensor, l1: float, l2: float) -> None:
+    """Add the l1/l2 penalty's gradient: l1 sign(W) (autograd's d|W|, 0 at 0) + 2 l2 W."""
+    if l1:
+        weight_grad.add_(weight.sign(), alpha=l1)
+    if l2:
+        weight_grad.add_(weight, alpha=2 * l2)
+
+
+class WeightGradients:
+    """The weight and bias gradients of G same-shaped Linear layers, dW_i = dz_i^T a_i and
+    db_i = sum(dz_i), as one batched product at the end of the backward pass.
+
+    No dW is needed before the backward pass ends, so each layer only hands over its dz and its
+    input; one ``bmm`` over the stacked layers then writes every dW into the layers' contiguous
+    block of the flat gradient buffer. For the chapter's 99 hidden 100 x 100 layers at batch 32
+    that is one kernel instead of 198 small ones, about six times faster (benchmarks/bench_loop.py).
+    """
+
+    def __init__(
+        self, weights: Tensor, weight_grads: Tensor, bias_grads: Tensor | None, l1: float, l2: float
+    ) -> None:
+        # (G, out, in) views of the parameters and of their gradients, (G, out) of the bias gradients
+        self.weights, self.weight_grads, self.bias_grads = weights, weight_grads, bias_grads
+        self.l1, self.l2 = l1, l2
+        self.pending: list[tuple[Tensor, Tensor] | None] = [None] * len(weights)
+
+    def keep(self, index: int, grad: Tensor, a: Tensor) -> None:
+        self.pending[index] = grad, a
+
+    def write(self) -> None:
+        """Write the gradients of the layers handed over, once all of them are."""
+        grads = torch.stack([kept[0] for kept in self.pending])
+        inputs = torch.stack([kept[1] for kept in self.pending])
+        self.pending = [None] * len(self.pending)
+        torch.bmm(grads.transpose(1, 2), inputs, out=self.weight_grads)
+        add_penalty_gradient_(self.weight_grads, self.weights, self.l1, self.l2)
+        if self.bias_grads is not None:
+            torch.sum(grads, 1, out=self.bias_grads)
+
+
+class LinearLayer:
+    """z = a W^T + b; dW = dz^T a (+ the l1/l2 penalty's gradient), db = sum(dz), da = dz W.
+
+    A layer in a `WeightGradients` group (at `index`) hands dz and a to it instead.
+    """
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        grads: dict[int, Tensor],
+        l1: float,
+        l2: float,
+        group: tuple[WeightGradients, int] | None = None,
+    ) -> None:
         self.weight, self.bias = linear.weight, linear.bias
         self.weight_grad = grads[id(linear.weight)]
         self.bias_grad = grads[id(linear.bias)] if linear.bias is not None else None
-        self.l1, self.l2 = l1, l2
+        self.l1, self.l2, self.group = l1, l2, group
 
     def forward(self, a: Tensor) -> tuple[Tensor, Tensor]:
         return F.linear(a, self.weight, self.bias), a
 
     def backward(self, grad: Tensor, a: Tensor, needs_input: bool) -> Tensor | None:
-        torch.mm(grad.t(), a, out=self.weight_grad)
-        if self.l1:  # d/dW of l1 * sum|W|, as autograd differentiates abs (0 at 0)
-            self.weight_grad.add_(self.weight.sign(), alpha=self.l1)
-        if self.l2:  # d/dW of l2 * sum W^2
-            self.weight_grad.add_(self.weight, alpha=2 * self.l2)
-        if self.bias_grad is not None:
-            torch.sum(grad, 0, out=self.bias_grad)
+        if self.group is not None:
+            self.group[0].keep(self.group[1], grad, a)
+        else:
+            torch.mm(grad.t(), a, out=self.weight_grad)
+            add_penalty_gradient_(self.weight_grad, self.weight, self.l1, self.l2)
+            if self.bias_grad is not None:
+                torch.sum(grad, 0, out=self.bias_grad)
         return grad.mm(self.weight) if needs_input else None
 
 
