@@ -1,5 +1,7 @@
 """The fused MLP step against autograd: same gradients, same training, same checkpoints."""
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -200,6 +202,33 @@ def test_schedules_max_norm_and_sampled_eager_steps_on_the_fused_path():
     assert model.hidden1.linear.weight.norm(dim=1).max() <= 0.8 + 1e-9
     sampled = [monitor.history().steps for monitor in monitors]
     assert sampled[0] == sampled[1] and len(sampled[0]) > 2
+
+
+def test_the_user_view_lends_views_of_the_flat_state_and_takes_them_back_without_a_copy():
+    model = mlp()
+    optimizer = optim.create("nadam", model.parameters())
+    step = FusedStep(model, nn.functional.cross_entropy, optimizer, Metrics(torch.device("cpu")))
+    data = blobs64()
+    step(data.train.x[:16], data.train.y[:16])
+    flat = optimizer.state[step.flat]["exp_avg"]
+    first = step.params[0]
+    with step.user_view():
+        lent = optimizer.state[first]
+        assert lent["exp_avg"].untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+        lent["exp_avg"].add_(1.0)  # in place, as an eager step in the view would
+        counters = [optimizer.state[p]["step"] for p in step.params]
+        assert len({id(c) for c in counters}) == len(counters)  # each parameter counts its own steps
+    assert optimizer.state[step.flat]["exp_avg"] is flat and float(flat[0]) == float(
+        lent["exp_avg"].flatten()[0]
+    )
+    with step.user_view():
+        optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # new tensors: rebuilt from them
+    rebuilt = optimizer.state[step.flat]["exp_avg"]
+    assert rebuilt is not flat and torch.equal(rebuilt, flat)
+    step.close()
+    kept = optimizer.state[first]["exp_avg"]
+    assert kept.untyped_storage().data_ptr() != rebuilt.untyped_storage().data_ptr()  # copies for good
+    assert torch.equal(kept.reshape(-1), rebuilt[: first.numel()])
 
 
 def test_resume_on_the_fused_path_is_exact_and_checkpoints_match_the_eager_format(tmp_path):

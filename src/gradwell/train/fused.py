@@ -10,11 +10,15 @@ advance, so this step does it by hand (the layers are in gradwell.train.fused_op
 - forward: ``z = addmm(b, a, W^T)``, batch normalization with the batch's statistics through
   torch's kernel (moving averages updated as the eager layer does), dropout masks drawn as
   torch's kernels draw them, and the activation, each keeping what its backward needs;
+- loss: cross-entropy on class labels and its gradient with respect to the logits by the kernels
+  autograd would run (bit for bit autograd's); any other loss through autograd, for the logits
+  only;
 - backward: torch's own activation backward kernels (``elu_backward`` for SELU and ELU,
-  ``threshold_backward`` for ReLU, ...) and ``native_batch_norm_backward``, then
+  ``threshold_backward`` for ReLU, ...) and ``native_batch_norm_backward``, ``da = dz W``, then
   ``dW = dz^T a`` (plus the l1/l2 penalty's gradient) and ``db = sum(dz)`` written straight into
-  a flat gradient buffer, and ``da = dz W``; autograd only differentiates the loss with respect
-  to the logits;
+  a flat gradient buffer; the weight gradients of same-shaped layers (the chapter's 99 hidden
+  100 x 100 layers, the default job's five 256 x 256 ones) wait for the end of the pass and are
+  one batched product (``bmm``) into their block of the buffer (`layout`);
 - update: every parameter is a view into one flat buffer, so the optimizer updates one tensor
   with one kernel per operation (the optimizer's own update rule, unchanged).
 
@@ -282,6 +286,7 @@ class FusedStep:
             for i, linear in enumerate(group)
         }
         self.layers = [layer(kind, value, self.grads, l1, l2, places) for kind, value in found.modules]
+        self.lent: dict[str, tuple[Tensor, list[Tensor]]] = {}  # key -> flat buffer, the views swap_out lent
         self.swap_in()
 
     def weight_gradients(self, group: list[nn.Linear]) -> WeightGradients:
@@ -365,34 +370,61 @@ class FusedStep:
         for key in per_param[0]:
             values = [s[key] for s in per_param]
             if isinstance(values[0], Tensor) and values[0].shape == self.params[0].shape:
-                state[key] = torch.cat([v.reshape(-1) for v in values])
+                state[key] = self.flat_state(key, values)
             else:
                 state[key] = values[0].clone() if isinstance(values[0], Tensor) else values[0]
         self.optimizer.param_groups = [{**group, "params": [self.flat]}]
         self.optimizer.state = defaultdict(dict, {self.flat: state} if state else {})
 
-    def swap_out(self) -> None:
-        """Give the optimizer back its parameters, with per-parameter state cut from the flat state."""
+    def flat_state(self, key: str, values: list[Tensor]) -> Tensor:
+        """The flat state `values` (one per parameter) make up: the very buffer `swap_out` lent
+        them from when they are still its views (nothing to copy), else their concatenation."""
+        flat, views = self.lent.get(key, (None, []))
+        if flat is not None and all(v is w for v, w in zip(values, views, strict=True)):
+            return flat
+        return torch.cat([v.reshape(-1) for v in values])
+
+    def swap_out(self, lend: bool = False) -> None:
+        """Give the optimizer back its parameters, with per-parameter state cut from the flat state.
+
+        Lent (`user_view`), each parameter's buffers are views into the flat ones, so that a view for
+        a checkpoint or a replay copies nothing and `swap_in` takes the flat buffers back as they
+        are; otherwise (`close`) they are copies, the optimizer's own for good. Counters such as
+        ``step`` are copied either way: an eager step inside the view counts each parameter's own.
+        """
         flat_group = self.optimizer.param_groups[0]
         for key, value in flat_group.items():
             if key != "params":
                 self.user_groups[0][key] = value
         flat_state = self.optimizer.state.get(self.flat, {})
+        cut = {
+            key: self.views(value)
+            for key, value in flat_state.items()
+            if isinstance(value, Tensor) and value.shape == self.flat.shape
+        }
+        self.lent = {key: (flat_state[key], views) for key, views in cut.items()} if lend else {}
         self.user_state.clear()
-        for offset, p in zip(self.offsets, self.params, strict=True):
+        for i, p in enumerate(self.params):
             self.user_state[p] = {
-                key: value[offset : offset + p.numel()].view_as(p).clone()
-                if isinstance(value, Tensor) and value.shape == self.flat.shape
+                key: (cut[key][i] if lend else cut[key][i].clone())
+                if key in cut
                 else (value.clone() if isinstance(value, Tensor) else value)
                 for key, value in flat_state.items()
             }
         self.optimizer.param_groups = self.user_groups
         self.optimizer.state = self.user_state
 
+    def views(self, flat: Tensor) -> list[Tensor]:
+        """A flat tensor cut into one view per parameter, shaped like it."""
+        return [
+            flat[offset : offset + p.numel()].view_as(p)
+            for offset, p in zip(self.offsets, self.params, strict=True)
+        ]
+
     @contextmanager
     def user_view(self) -> Iterator[None]:
         """The optimizer as the user knows it, for checkpoints, replays and eager steps."""
-        self.swap_out()
+        self.swap_out(lend=True)
         try:
             yield
         finally:

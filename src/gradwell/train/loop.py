@@ -265,7 +265,10 @@ def session(run: Run, bar: Any, seed: int) -> ExitStack:
     if bar is not None:
         stack.enter_context(closing(bar))
     stack.enter_context(stop_on_signals(run))
-    torch.manual_seed(seed)
+    if device.type == "cpu":  # torch.manual_seed would also seed every other device type (1 ms), unforked
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
     return stack
 
 
