@@ -343,7 +343,7 @@ def epoch_batches(run: Run, split: Split, batch_size: int) -> Iterator[tuple[Ten
     parallel = distributed.active()
     end = len(split) - len(split) % batch_size if parallel else len(split)
     for start in range(run.position * batch_size, end, batch_size):
-        batch = split[order[start : start + batch_size]]
+        batch = split.rows(order[start : start + batch_size])
         yield distributed.shard(*batch) if parallel else batch
 
 

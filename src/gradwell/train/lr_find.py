@@ -260,7 +260,7 @@ def search(
         for group in optimizer.param_groups:
             group["lr"] = float(lr)
         optimizer.zero_grad()
-        xb, yb = train[index]  # stored pixels decoded a batch at a time
+        xb, yb = train.rows(index)  # stored pixels decoded a batch at a time
         loss = loss_fn(model(xb), yb)
         loss.backward()
         optimizer.step()
