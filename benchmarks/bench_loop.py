@@ -267,7 +267,7 @@ def measure(loops: dict[str, Callable[[int], None]], steps: int, rounds: int, de
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rates[name].append(steps / (time.perf_counter() - started))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return rates
 
 
 def per_call(network: Network, batch: int, sizes: list[int], rounds: int, device: torch.device) -> None:
@@ -329,14 +329,24 @@ def main() -> None:
         loops["torch.compile, reduce-overhead"] = compiled_loop(network, x, y, batch, device)
         loops["whole step in one CUDA graph"] = cuda_graph_loop(network, x, y, batch, device)
     loops = {name: loop for name, loop in loops.items() if loop is not None}
-    rates = measure(loops, args.steps, args.rounds, device)
+    report(measure(loops, args.steps, args.rounds, device), args, batch, device)
+
+
+def report(rates: dict[str, list[float]], args: argparse.Namespace, batch: int, device: torch.device) -> None:
+    """Median steps/s per loop, the ratio of the medians, and the ratio within each round (gradwell's
+    and the loop's rates one cycle of the rotation apart at most): its median and range, the part
+    of the comparison that drift in the machine's speed between rounds does not move."""
     ours = rates["gradwell fit"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     rounds = f"{args.rounds} rounds of {args.steps} steps"
     print(f"{args.network} on {name}, batch {batch}, {rounds}, torch {torch.__version__}")
-    print(f"{'loop':40s} {'steps/s':>9s} {'gradwell / loop':>16s}")
-    for loop, rate in sorted(rates.items(), key=lambda item: -item[1]):
-        print(f"{loop:40s} {rate:9.1f} {ours / rate:15.2f}x")
+    print(f"{'loop':40s} {'steps/s':>9s} {'gradwell / loop':>16s}   per round: median [min, max]")
+    mine = statistics.median(ours)
+    for loop, values in sorted(rates.items(), key=lambda item: -statistics.median(item[1])):
+        paired = [a / b for a, b in zip(ours, values, strict=True)]
+        spread = f"{statistics.median(paired):.2f}x [{min(paired):.2f}, {max(paired):.2f}]"
+        rate = statistics.median(values)
+        print(f"{loop:40s} {rate:9.1f} {mine / rate:15.2f}x   {spread}")
 
 
 if __name__ == "__main__":
