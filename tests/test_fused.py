@@ -72,8 +72,13 @@ def test_fused_gradients_equal_autograd(activation):
         ), name
 
 
-def test_each_shape_of_layer_gets_its_weight_gradients_from_one_batched_product():
+@pytest.mark.parametrize("batched_below", [None, 0], ids=["one-bmm", "one-mm-per-layer"])
+def test_each_shape_of_layer_gets_its_weight_gradients_from_one_batched_product(batched_below, monkeypatch):
     from gradwell.regularize import l1_l2_penalty
+    from gradwell.train import fused_ops
+
+    if batched_below is not None:  # as for large layers, where one product per layer is faster
+        monkeypatch.setattr(fused_ops, "BATCHED_BELOW", batched_below)
 
     def net():  # 6 x 6 layers twice, a lone 6 -> 5, 5 x 5 twice: two groups
         generator = torch.Generator().manual_seed(1)

@@ -94,7 +94,7 @@ class Split:
         """The samples at `index`, a 1-D tensor of row numbers from 0 (a batch), as features.
 
         The same as ``split[index]`` through ``index_select``: for a batch of 64 stored CIFAR-10
-        images about a tenth of advanced indexing's cost (about 10 us against 100 on a CPU).
+        images about a tenth of advanced indexing's cost (benchmarks/bench_step_parts.py).
 
         >>> split = Split(torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 2]))
         >>> split.rows(torch.tensor([2, 0]))

@@ -343,9 +343,9 @@ def counts(counters: list[Tensor], capturable: bool) -> Tensor | float:
 
     The same value is the usual case (every parameter gets a gradient each step), and then the
     per-tensor coefficients are computed once in Python numbers instead of a dozen operations on
-    tiny tensors, about a sixth of the update of a flat parameter (the fused MLP step's). Counters
-    are on the CPU unless capturable, so reading them costs no sync; the arithmetic is float64
-    either way. The formulas are written once, for a number or a vector alike.
+    tiny tensors each step. Counters are on the CPU unless capturable, so reading them costs no
+    sync; the arithmetic is float64 either way. The formulas are written once, for a number or a
+    vector alike.
 
     >>> counts([torch.tensor(3.0), torch.tensor(3.0)], capturable=False)
     3.0

@@ -16,9 +16,9 @@ advance, so this step does it by hand (the layers are in gradwell.train.fused_op
 - backward: torch's own activation backward kernels (``elu_backward`` for SELU and ELU,
   ``threshold_backward`` for ReLU, ...) and ``native_batch_norm_backward``, ``da = dz W``, then
   ``dW = dz^T a`` (plus the l1/l2 penalty's gradient) and ``db = sum(dz)`` written straight into
-  a flat gradient buffer; the weight gradients of same-shaped layers (the chapter's 99 hidden
-  100 x 100 layers, the default job's five 256 x 256 ones) wait for the end of the pass and are
-  one batched product (``bmm``) into their block of the buffer (`layout`);
+  a flat gradient buffer; the weight gradients of same-shaped layers wait for the end of the pass
+  and go into one block of the buffer (`layout`), small ones such as the chapter's 99 hidden
+  100 x 100 layers as one batched product (``bmm``, fused_ops.WeightGradients);
 - update: every parameter is a view into one flat buffer, so the optimizer updates one tensor
   with one kernel per operation (the optimizer's own update rule, unchanged).
 

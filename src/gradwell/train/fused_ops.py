@@ -41,7 +41,8 @@ ALPHA = 1.7580993408473766  # -SELU's lambda * alpha: AlphaDropout's saturation 
 def cross_entropy_with_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """F.cross_entropy(logits, labels) (mean over the batch) and its gradient with respect to the
     logits, softmax(logits) - onehot(labels) over N, by the kernels autograd runs for it, without
-    autograd: bit for bit its loss and gradient, in about a third of the time for one batch.
+    autograd: bit for bit its loss and gradient, in about a quarter of autograd's time for a batch of
+    64 (benchmarks/bench_step_parts.py).
 
     >>> logits, labels = torch.randn(4, 3, requires_grad=True), torch.tensor([0, 2, 1, 2])
     >>> loss, grad = cross_entropy_with_grad(logits.detach(), labels)
@@ -67,14 +68,22 @@ def add_penalty_gradient_(weight_grad: Tensor, weight: Tensor, l1: float, l2: fl
         weight_grad.add_(weight, alpha=2 * l2)
 
 
+# multiply-adds per layer (batch x out x in) below which one bmm over a group's layers beats one mm
+# per layer (benchmarks/bench_step_parts.py, 2-core CPU: 1.4x to 1.7x at 32 x 100 x 100, about
+# even at 64 x 128 x 128, 0.85x at 64 x 256 x 256, where stacking the inputs costs more than the
+# calls it saves)
+BATCHED_BELOW = 2_000_000
+
+
 class WeightGradients:
     """The weight and bias gradients of G same-shaped Linear layers, dW_i = dz_i^T a_i and
-    db_i = sum(dz_i), as one batched product at the end of the backward pass.
+    db_i = sum(dz_i), written at the end of the backward pass into the layers' contiguous blocks of
+    the flat gradient buffer.
 
     No dW is needed before the backward pass ends, so each layer only hands over its dz and its
-    input; one ``bmm`` over the stacked layers then writes every dW into the layers' contiguous
-    block of the flat gradient buffer. For the chapter's 99 hidden 100 x 100 layers at batch 32
-    that is one kernel instead of 198 small ones, about six times faster (benchmarks/bench_loop.py).
+    input. For small layers, where each call costs more than its arithmetic, one ``bmm`` over the
+    stacked layers then replaces G matrix products (the chapter's 99 hidden 100 x 100 layers at
+    batch 32: one kernel instead of 99); larger ones (BATCHED_BELOW) keep one product each.
     """
 
     def __init__(
@@ -90,13 +99,19 @@ class WeightGradients:
 
     def write(self) -> None:
         """Write the gradients of the layers handed over, once all of them are."""
-        grads = torch.stack([kept[0] for kept in self.pending])
-        inputs = torch.stack([kept[1] for kept in self.pending])
+        grads, inputs = zip(*self.pending, strict=True)
         self.pending = [None] * len(self.pending)
-        torch.bmm(grads.transpose(1, 2), inputs, out=self.weight_grads)
+        if grads[0].shape[0] * self.weights[0].numel() < BATCHED_BELOW:
+            stacked = torch.stack(grads)
+            torch.bmm(stacked.transpose(1, 2), torch.stack(inputs), out=self.weight_grads)
+            if self.bias_grads is not None:
+                torch.sum(stacked, 1, out=self.bias_grads)
+        else:
+            for i, (grad, a) in enumerate(zip(grads, inputs, strict=True)):
+                torch.mm(grad.t(), a, out=self.weight_grads[i])
+                if self.bias_grads is not None:
+                    torch.sum(grad, 0, out=self.bias_grads[i])
         add_penalty_gradient_(self.weight_grads, self.weights, self.l1, self.l2)
-        if self.bias_grads is not None:
-            torch.sum(grads, 1, out=self.bias_grads)
 
 
 class LinearLayer:
