@@ -194,7 +194,7 @@ def layer(
 
 def same_shaped(linears: list[nn.Linear]) -> list[list[nn.Linear]]:
     """The groups of two or more Linear layers with the same weight shape and bias or none: their
-    weight gradients are one batched product (fused_ops.WeightGradients)."""
+    weight gradients are written together at the end of the backward pass (fused_ops.WeightGradients)."""
     found: dict[tuple[Any, ...], list[nn.Linear]] = defaultdict(list)
     for linear in linears:
         found[(*linear.weight.shape, linear.bias is not None)].append(linear)
@@ -290,7 +290,7 @@ class FusedStep:
         self.swap_in()
 
     def weight_gradients(self, group: list[nn.Linear]) -> WeightGradients:
-        """The batched weight gradients of a group, over its blocks of the flat buffer (see `layout`)."""
+        """The weight gradients of a group, written into its blocks of the flat buffer (see `layout`)."""
         first, shape, count = group[0].weight, group[0].weight.shape, len(group)
         start = self.offsets[next(i for i, p in enumerate(self.params) if p is first)]
         size = count * first.numel()
