@@ -77,13 +77,13 @@ BATCHED_BELOW = 2_000_000
 
 class WeightGradients:
     """The weight and bias gradients of G same-shaped Linear layers, dW_i = dz_i^T a_i and
-    db_i = sum(dz_i), written at the end of the backward pass into the layers' contiguous blocks of
-    the flat gradient buffer.
+    db_i = sum(dz_i), as one batched product at the end of the backward pass, into the layers'
+    contiguous blocks of the flat gradient buffer.
 
     No dW is needed before the backward pass ends, so each layer only hands over its dz and its
     input. For small layers, where each call costs more than its arithmetic, one ``bmm`` over the
     stacked layers then replaces G matrix products (the chapter's 99 hidden 100 x 100 layers at
-    batch 32: one kernel instead of 99); larger ones (BATCHED_BELOW) keep one product each.
+    batch 32: one kernel instead of 99); larger ones (`takes`) compute their own as they go.
     """
 
     def __init__(
@@ -94,30 +94,30 @@ class WeightGradients:
         self.l1, self.l2 = l1, l2
         self.pending: list[tuple[Tensor, Tensor] | None] = [None] * len(weights)
 
+    def takes(self, grad: Tensor) -> bool:
+        """Whether layers of this shape at this batch size are faster batched (BATCHED_BELOW)."""
+        return grad.shape[0] * self.weights[0].numel() < BATCHED_BELOW
+
     def keep(self, index: int, grad: Tensor, a: Tensor) -> None:
         self.pending[index] = grad, a
 
     def write(self) -> None:
-        """Write the gradients of the layers handed over, once all of them are."""
+        """Write the gradients of the layers handed over (all of them, or none: same shape, same batch)."""
+        if self.pending[0] is None:
+            return
         grads, inputs = zip(*self.pending, strict=True)
         self.pending = [None] * len(self.pending)
-        if grads[0].shape[0] * self.weights[0].numel() < BATCHED_BELOW:
-            stacked = torch.stack(grads)
-            torch.bmm(stacked.transpose(1, 2), torch.stack(inputs), out=self.weight_grads)
-            if self.bias_grads is not None:
-                torch.sum(stacked, 1, out=self.bias_grads)
-        else:
-            for i, (grad, a) in enumerate(zip(grads, inputs, strict=True)):
-                torch.mm(grad.t(), a, out=self.weight_grads[i])
-                if self.bias_grads is not None:
-                    torch.sum(grad, 0, out=self.bias_grads[i])
+        stacked = torch.stack(grads)
+        torch.bmm(stacked.transpose(1, 2), torch.stack(inputs), out=self.weight_grads)
         add_penalty_gradient_(self.weight_grads, self.weights, self.l1, self.l2)
+        if self.bias_grads is not None:
+            torch.sum(stacked, 1, out=self.bias_grads)
 
 
 class LinearLayer:
     """z = a W^T + b; dW = dz^T a (+ the l1/l2 penalty's gradient), db = sum(dz), da = dz W.
 
-    A layer in a `WeightGradients` group (at `index`) hands dz and a to it instead.
+    A layer in a `WeightGradients` group (at `index`) hands dz and a to it instead, when it takes them.
     """
 
     def __init__(
@@ -137,7 +137,7 @@ class LinearLayer:
         return F.linear(a, self.weight, self.bias), a
 
     def backward(self, grad: Tensor, a: Tensor, needs_input: bool) -> Tensor | None:
-        if self.group is not None:
+        if self.group is not None and self.group[0].takes(grad):
             self.group[0].keep(self.group[1], grad, a)
         else:
             torch.mm(grad.t(), a, out=self.weight_grad)
