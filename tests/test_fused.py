@@ -372,7 +372,7 @@ def test_a_per_tensor_optimizer_trains_eagerly_and_says_why(caplog):
 
 @pytest.mark.parametrize(("center", "scale"), [(True, True), (False, True), (True, False), (False, False)])
 def test_fused_batchnorm_equals_the_eager_layer_and_autograd_in_float64(center, scale, generator):
-    from gradwell.train.fused_ops import BatchNormLayer
+    from gradwell.train.fused_ops import BatchNormLayer, MovingStatistics
 
     eager, fused = (BatchNorm(5, center=center, scale=scale).double() for _ in range(2))
     with torch.no_grad():
@@ -385,8 +385,10 @@ def test_fused_batchnorm_equals_the_eager_layer_and_autograd_in_float64(center, 
     expected = eager(leaf)
     expected.backward(dy)
     grads = {id(p): torch.zeros_like(p) for p in fused.parameters()}
-    layer = BatchNormLayer(fused, grads)
+    moving = MovingStatistics([fused])
+    layer = BatchNormLayer(fused, grads, moving)
     y, saved = layer.forward(x)
+    moving.update()  # the fused step updates every layer's moving statistics after the forward pass
     dx = layer.backward(dy, saved, True)
     assert torch.equal(y, expected) and torch.equal(dx, leaf.grad)  # the eager layer's, bit for bit
     for p, q in zip(fused.parameters(), eager.parameters(), strict=True):
@@ -403,6 +405,22 @@ def test_fused_batchnorm_equals_the_eager_layer_and_autograd_in_float64(center, 
         assert torch.allclose(grads[id(fused.weight)], dgamma, rtol=1e-12, atol=1e-13)
     y.fill_(0.0)  # an in-place activation after the layer must leave what its backward keeps alone
     assert torch.equal(layer.backward(dy, saved, True), dx)
+
+
+def test_every_batchnorm_layers_moving_statistics_equal_the_eager_layers_bit_for_bit():
+    def net():  # two layers with their own momentum: one update after the forward serves both
+        torch.manual_seed(0)
+        layers = [nn.Linear(8, 6), BatchNorm(6, momentum=0.9), nn.ReLU(), nn.Linear(6, 6, bias=False)]
+        return nn.Sequential(*layers, BatchNorm(6, momentum=0.5), nn.ReLU(), nn.Linear(6, 3)).double()
+
+    eager, fused = net(), net()
+    data = blobs64()
+    x, y = data.train.x[:16].flatten(1), data.train.y[:16]
+    eager(x)
+    sgd = optim.create("sgd", fused.parameters(), lr=0.0)
+    FusedStep(fused, nn.functional.cross_entropy, sgd, Metrics(torch.device("cpu")))(x, y)
+    for (name, value), other in zip(eager.named_buffers(), fused.buffers(), strict=True):
+        assert torch.equal(value, other), name
 
 
 @pytest.mark.parametrize("module", [nn.Dropout(0.3), nn.AlphaDropout(0.2)], ids=repr)

@@ -47,25 +47,25 @@ def batch_norm_affine(
     return scale, shift
 
 
-def update_moving_statistics_(
-    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, momentum: float
-) -> None:
-    """moving = moving * momentum + batch * (1 - momentum), in place, for the mean and the variance.
+def update_moving_statistics_(moving: list[Tensor], batch: list[Tensor], momenta: list[float]) -> None:
+    """moving = moving * momentum + batch * (1 - momentum), in place, for each moving statistic.
 
-    `var` is the batch's biased variance, as the chapter's equations take it. torch's fused kernel,
-    run with momentum 1 on zeroed scratch buffers, writes the batch's mean and unbiased variance
-    there: its callers (BatchNorm on axis 1, the fused step's BatchNorm layer, the seed-batched
-    one) pass unbiased * (n - 1) / n. The batch statistics are cast to the moving ones' dtype.
+    `batch` holds the batch's mean and its biased variance, as the chapter's equations take it.
+    torch's fused kernel, run with momentum 1 on zeroed scratch buffers, writes the batch's mean and
+    unbiased variance there: its callers (BatchNorm on axis 1, the fused step's BatchNorm layers, the
+    seed-batched one) pass unbiased * (n - 1) / n. The batch statistics are cast to the moving ones'
+    dtype. One multi-tensor kernel for them all, so the fused step updates every layer's at once;
+    on the CPU its result is each ``lerp_``'s bit for bit.
 
     >>> running_mean, running_var = torch.zeros(2), torch.ones(2)
     >>> mean, var = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 1.0])
-    >>> update_moving_statistics_(running_mean, running_var, mean, var, 0.9)
+    >>> update_moving_statistics_([running_mean, running_var], [mean, var], [0.9, 0.9])
     >>> running_mean, running_var  # 0.9 * 0 + 0.1 * batch, 0.9 * 1 + 0.1 * batch
     (tensor([0.1000, 0.2000]), tensor([1.2000, 1.0000]))
     """
     with torch.no_grad():
-        running_mean.lerp_(mean.to(running_mean.dtype), 1.0 - momentum)
-        running_var.lerp_(var.to(running_var.dtype), 1.0 - momentum)
+        cast = [value.to(running.dtype) for value, running in zip(batch, moving, strict=True)]
+        torch._foreach_lerp_(moving, cast, [1.0 - momentum for momentum in momenta])
 
 
 def local_moments(x: Tensor, reduced: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -267,7 +267,9 @@ class BatchNorm(LazyModuleMixin, nn.Module):
         return count
 
     def update_moving_statistics(self, mean: Tensor, biased_var: Tensor) -> None:
-        update_moving_statistics_(self.running_mean, self.running_var, mean, biased_var, self.momentum)
+        update_moving_statistics_(
+            [self.running_mean, self.running_var], [mean, biased_var], [self.momentum, self.momentum]
+        )
 
     def normalize_with_batch_statistics(self, x: Tensor, kept: tuple[int, ...]) -> Tensor:
         self.values_per_feature(x, kept)

@@ -140,7 +140,9 @@ class StackedBatchNorm(nn.Module):
             unbiased = torch.zeros_like(mean)
             out = F.batch_norm(columns, mean, unbiased, weight, bias, True, 1.0, self.eps)
             mean, biased = mean.view(k, f), unbiased.view(k, f) * ((b - 1) / b)
-            update_moving_statistics_(self.running_mean, self.running_var, mean, biased, self.momentum)
+            update_moving_statistics_(
+                [self.running_mean, self.running_var], [mean, biased], [self.momentum] * 2
+            )
         return out.view(b, k, f).transpose(0, 1)
 
     def unstack_into(self, norms: Sequence[BatchNorm]) -> None:

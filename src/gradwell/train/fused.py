@@ -51,6 +51,7 @@ from gradwell.train.fused_ops import (
     DropoutLayer,
     Layer,
     LinearLayer,
+    MovingStatistics,
     WeightGradients,
     cross_entropy_with_grad,
 )
@@ -174,24 +175,6 @@ def plan(model: nn.Module) -> Plan | str:
     return result
 
 
-def layer(
-    kind: str,
-    value: Any,
-    grads: dict[int, Tensor],
-    l1: float,
-    l2: float,
-    groups: dict[int, tuple[WeightGradients, int]],
-) -> Layer:
-    """The fused layer of a planned module (`groups`: id(Linear) -> its weight group and place)."""
-    if kind == "linear":
-        return LinearLayer(value, grads, l1, l2, groups.get(id(value)))
-    if kind == "batchnorm":
-        return BatchNormLayer(value, grads)
-    if kind == "activation":
-        return ActivationLayer(value, grads)
-    return DropoutLayer(value) if kind == "dropout" else AlphaDropoutLayer(value)
-
-
 def same_shaped(linears: list[nn.Linear]) -> list[list[nn.Linear]]:
     """The groups of two or more Linear layers with the same weight shape and bias or none: their
     weight gradients are written together at the end of the backward pass (fused_ops.WeightGradients)."""
@@ -285,9 +268,20 @@ class FusedStep:
             for weights, group in zip(self.groups, same, strict=True)
             for i, linear in enumerate(group)
         }
-        self.layers = [layer(kind, value, self.grads, l1, l2, places) for kind, value in found.modules]
+        self.moving = MovingStatistics([value for kind, value in found.modules if kind == "batchnorm"])
+        self.layers = [self.layer(kind, value, places) for kind, value in found.modules]
         self.lent: dict[str, tuple[Tensor, list[Tensor]]] = {}  # key -> flat buffer, the views swap_out lent
         self.swap_in()
+
+    def layer(self, kind: str, value: Any, places: dict[int, tuple[WeightGradients, int]]) -> Layer:
+        """The fused layer of a planned module (`places`: id(Linear) -> its weight group and place)."""
+        if kind == "linear":
+            return LinearLayer(value, self.grads, self.l1, self.l2, places.get(id(value)))
+        if kind == "batchnorm":
+            return BatchNormLayer(value, self.grads, self.moving)
+        if kind == "activation":
+            return ActivationLayer(value, self.grads)
+        return DropoutLayer(value) if kind == "dropout" else AlphaDropoutLayer(value)
 
     def weight_gradients(self, group: list[nn.Linear]) -> WeightGradients:
         """The weight gradients of a group, written into its blocks of the flat buffer (see `layout`)."""
@@ -347,6 +341,7 @@ class FusedStep:
         for layer in self.layers:
             a, kept = layer.forward(a)
             saved.append(kept)
+        self.moving.update()
         return a, saved
 
     def backward(self, grad: Tensor, saved: list[Any]) -> None:
