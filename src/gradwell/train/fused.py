@@ -34,6 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -248,20 +249,13 @@ class FusedStep:
         self.accuracy, self.max_norm, self.l1, self.l2 = accuracy, max_norm, l1, l2
         self.weights = [linear.weight for linear in found.linears]  # what the l1/l2 penalty covers
         self.params, same = layout(found)
-        first = self.params[0]
-        total = sum(p.numel() for p in self.params)
-        self.flat = nn.Parameter(torch.empty(total, device=first.device, dtype=first.dtype))
+        self.offsets = list(accumulate((p.numel() for p in self.params[:-1]), initial=0))
+        self.flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in self.params]))
         self.flat.grad = torch.zeros_like(self.flat)
-        self.offsets = []
-        self.grads: dict[int, Tensor] = {}  # id(parameter) -> its gradient, a view into flat.grad
-        offset = 0
-        with torch.no_grad():
-            for p in self.params:
-                self.flat[offset : offset + p.numel()].copy_(p.reshape(-1))
-                p.data = self.flat.data[offset : offset + p.numel()].view_as(p)
-                self.grads[id(p)] = self.flat.grad[offset : offset + p.numel()].view_as(p)
-                self.offsets.append(offset)
-                offset += p.numel()
+        for p, view in zip(self.params, self.views(self.flat.data), strict=True):
+            p.data = view
+        # id(parameter) -> its gradient, a view into flat.grad
+        self.grads = {id(p): g for p, g in zip(self.params, self.views(self.flat.grad), strict=True)}
         self.groups = [self.weight_gradients(group) for group in same]
         places = {
             id(linear): (weights, i)
