@@ -70,9 +70,9 @@ def add_penalty_gradient_(weight_grad: Tensor, weight: Tensor, l1: float, l2: fl
 
 
 # multiply-adds per layer (batch x out x in) below which one bmm over a group's layers beats one mm
-# per layer (benchmarks/bench_step_parts.py, 2-core CPU: 1.4x to 1.7x at 32 x 100 x 100, about
-# even at 64 x 128 x 128, 0.85x at 64 x 256 x 256, where stacking the inputs costs more than the
-# calls it saves)
+# per layer (benchmarks/bench_step_parts.py, 2-core CPU: 1.6x to 1.7x for 99 layers at 32 x 100 x
+# 100, 0.96x at 64 x 128 x 128, 0.86x to 0.96x at 64 x 256 x 256, where stacking the inputs costs
+# more than the calls it saves)
 BATCHED_BELOW = 2_000_000
 
 
