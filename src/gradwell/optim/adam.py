@@ -29,12 +29,16 @@ def moments_(
 
 def denominators(
     exp_avg_sqs: list[Tensor], t: Tensor | float, beta2: float, eps: float, capturable: bool
-) -> list[Tensor]:
-    """sqrt(s_hat) + eps with s_hat = s / (1 - b2^t), t the step of each tensor (see base.counts)."""
+) -> tuple[list[Tensor], Tensor | float]:
+    """sqrt(s) + eps c and c = sqrt(1 - b2^t), t the step of each tensor (see base.counts).
+
+    sqrt(s_hat) + eps, with s_hat = s / (1 - b2^t), is their ratio: the caller multiplies its step
+    size by c, which saves dividing s by its bias correction, a pass over every element.
+    """
+    correction = (1 - beta2**t) ** 0.5
     roots = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_mul_(roots, per_tensor((1 - beta2**t) ** -0.5, exp_avg_sqs[0], capturable))
-    torch._foreach_add_(roots, eps)
-    return roots
+    torch._foreach_add_(roots, per_tensor(eps * correction, exp_avg_sqs[0], capturable))
+    return roots, correction
 
 
 def adam_(
@@ -57,8 +61,8 @@ def adam_(
     if weight_decay:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     moments_(grads, exp_avgs, exp_avg_sqs, beta1, beta2)
-    step_sizes = per_tensor(-lr / (1 - beta1**t), params[0], capturable)
-    addcdiv_(params, exp_avgs, denominators(exp_avg_sqs, t, beta2, eps, capturable), step_sizes)
+    roots, correction = denominators(exp_avg_sqs, t, beta2, eps, capturable)
+    addcdiv_(params, exp_avgs, roots, per_tensor(-lr * correction / (1 - beta1**t), params[0], capturable))
 
 
 def adamax_(
@@ -107,10 +111,11 @@ def nadam_(
     product = counts(mu_products, capturable) * mu  # prod of mu_1 .. mu_t
     store_(mu_products, product)
     moments_(grads, exp_avgs, exp_avg_sqs, beta1, beta2)
-    denominator = denominators(exp_avg_sqs, t, beta2, eps, capturable)
-    addcdiv_(params, grads, denominator, per_tensor(-lr * (1 - mu) / (1 - product), params[0], capturable))
-    next_sizes = per_tensor(-lr * mu_next / (1 - product * mu_next), params[0], capturable)
-    addcdiv_(params, exp_avgs, denominator, next_sizes)
+    roots, correction = denominators(exp_avg_sqs, t, beta2, eps, capturable)
+    now_sizes = per_tensor(-lr * correction * (1 - mu) / (1 - product), params[0], capturable)
+    addcdiv_(params, grads, roots, now_sizes)
+    next_sizes = per_tensor(-lr * correction * mu_next / (1 - product * mu_next), params[0], capturable)
+    addcdiv_(params, exp_avgs, roots, next_sizes)
 
 
 class Adam(GradwellOptimizer):
