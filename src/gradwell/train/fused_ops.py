@@ -93,11 +93,12 @@ class WeightGradients:
         # (G, out, in) views of the parameters and of their gradients, (G, out) of the bias gradients
         self.weights, self.weight_grads, self.bias_grads = weights, weight_grads, bias_grads
         self.l1, self.l2 = l1, l2
+        self.layer_size = weights[0].numel()  # read per layer and step: no view of `weights` each time
         self.pending: list[tuple[Tensor, Tensor] | None] = [None] * len(weights)
 
     def takes(self, grad: Tensor) -> bool:
         """Whether layers of this shape at this batch size are faster batched (BATCHED_BELOW)."""
-        return grad.shape[0] * self.weights[0].numel() < BATCHED_BELOW
+        return grad.shape[0] * self.layer_size < BATCHED_BELOW
 
     def keep(self, index: int, grad: Tensor, a: Tensor) -> None:
         self.pending[index] = grad, a
