@@ -13,8 +13,9 @@ Every loop trains the same architecture on the same random data. The plain PyTor
 Lightning train the very modules gradwell builds (laid out flat in one nn.Sequential) with
 torch.optim's optimizer (SGD, NAdam); Keras 3 builds the same layers on its torch backend. Each
 loop runs rounds of `--steps` optimizer steps (one ``fit`` call, one epoch, per round), in
-rotating order so that drift in the machine's load hits all of them alike, and the median steps/s
-over rounds is reported with the ratio of gradwell to each.
+rotating order so that drift in the machine's load hits all of them alike. It reports the median
+steps/s over rounds, the ratio of gradwell's median to each, and the ratio within each round: its
+geometric mean over rounds with a 95% t interval, which drift between rounds does not move.
 
     python benchmarks/bench_loop.py                                 # CPU, the 100-layer SELU net
     python benchmarks/bench_loop.py --network default --steps 100   # the default job's network
@@ -29,6 +30,7 @@ loop with a DataLoader, a plain loop with the data on the device; on CUDA also t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -272,23 +274,31 @@ def measure(loops: dict[str, Callable[[int], None]], steps: int, rounds: int, de
 
 def per_call(network: Network, batch: int, sizes: list[int], rounds: int, device: torch.device) -> None:
     """gradwell fit's steps/s on epochs of each size in `sizes`, one model throughout: what its
-    fixed cost per call (checks, set-up, the first step) takes from short runs."""
-    samples = max(sizes) * batch
+    fixed cost per call (checks, set-up, the first step) takes from short runs.
+
+    Each round trains the same number of steps at every size (ten 100-step fits against one
+    1000-step fit), in rotating order, so that the machine's drift reaches each size alike.
+    """
+    longest = max(sizes)
+    samples = longest * batch
     x = torch.randn(samples, network.inputs, device=device)
     y = torch.randint(0, network.classes, (samples,), device=device)
     train = gradwell_loop(network, x, y, batch, device)
-    rates = {size: [] for size in sizes}
+    rates: dict[int, list[float]] = {size: [] for size in sizes}
     train(max(min(sizes) // 4, 5))
     for r in range(rounds):
         for size in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
+            calls = max(longest // size, 1)
             started = time.perf_counter()
-            train(size)
-            rates[size].append(size / (time.perf_counter() - started))
-    longest = statistics.median(rates[max(sizes)])
-    print(f"{'steps per fit':>14s} {'steps/s':>9s} {'/ longest':>10s}")
+            for _ in range(calls):
+                train(size)
+            rates[size].append(calls * size / (time.perf_counter() - started))
+    header = f"{'steps per fit':>14s} {'steps/s':>9s} {'/ longest':>10s}"
+    print(f"{header}   per round: geomean (95% CI) [min, max]")
     for size in sizes:
         rate = statistics.median(rates[size])
-        print(f"{size:14d} {rate:9.1f} {rate / longest:10.3f}")
+        ratio = rate / statistics.median(rates[longest])
+        print(f"{size:14d} {rate:9.1f} {ratio:10.3f}   {within_rounds(rates[size], rates[longest])}")
 
 
 def main() -> None:
@@ -332,21 +342,29 @@ def main() -> None:
     report(measure(loops, args.steps, args.rounds, device), args, batch, device)
 
 
-def report(rates: dict[str, list[float]], args: argparse.Namespace, batch: int, device: torch.device) -> None:
-    """Median steps/s per loop, the ratio of the medians, and the ratio within each round (gradwell's
-    and the loop's rates one cycle of the rotation apart at most): its median and range, the part
+def within_rounds(ours: list[float], theirs: list[float]) -> str:
+    """The ratio within each round (gradwell's and the loop's rates one cycle of the rotation apart
+    at most): its geometric mean with a 95% t interval over rounds, and its range. This is the part
     of the comparison that drift in the machine's speed between rounds does not move."""
+    from gradwell.experiment.stats import summarize
+
+    paired = [a / b for a, b in zip(ours, theirs, strict=True)]
+    summary = summarize([math.log(r) for r in paired])
+    low, high = (math.exp(v) for v in summary.ci) if summary.ci else (math.nan, math.nan)
+    return f"{math.exp(summary.mean):.2f}x ({low:.2f}-{high:.2f}) [{min(paired):.2f}, {max(paired):.2f}]"
+
+
+def report(rates: dict[str, list[float]], args: argparse.Namespace, batch: int, device: torch.device) -> None:
+    """Median steps/s per loop, the ratio of the medians, and the ratio within rounds (`within_rounds`)."""
     ours = rates["gradwell fit"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     rounds = f"{args.rounds} rounds of {args.steps} steps"
     print(f"{args.network} on {name}, batch {batch}, {rounds}, torch {torch.__version__}")
-    print(f"{'loop':40s} {'steps/s':>9s} {'gradwell / loop':>16s}   per round: median [min, max]")
+    print(f"{'loop':40s} {'steps/s':>9s} {'gradwell / loop':>16s}   per round: geomean (95% CI) [min, max]")
     mine = statistics.median(ours)
     for loop, values in sorted(rates.items(), key=lambda item: -statistics.median(item[1])):
-        paired = [a / b for a, b in zip(ours, values, strict=True)]
-        spread = f"{statistics.median(paired):.2f}x [{min(paired):.2f}, {max(paired):.2f}]"
         rate = statistics.median(values)
-        print(f"{loop:40s} {rate:9.1f} {mine / rate:15.2f}x   {spread}")
+        print(f"{loop:40s} {rate:9.1f} {mine / rate:15.2f}x   {within_rounds(ours, values)}")
 
 
 if __name__ == "__main__":
