@@ -162,6 +162,7 @@ def train(
         ("sgd", {"lr": 0.05}),
         ("momentum", {"lr": 0.02, "clipvalue": 0.5}),
         ("nesterov", {"global_clipnorm": 1.0}),
+        ("adam", {"clipnorm": 0.01}),
         ("adagrad", {"lr": 0.05}),
         ("rmsprop", {}),
         ("adam", {}),
@@ -187,6 +188,14 @@ def test_fit_on_the_fused_path_equals_the_eager_path(name, options):
     for p, q in zip(eager_model.parameters(), model.parameters(), strict=True):
         for key, value in eager_optimizer.state[p].items():
             assert torch.allclose(torch.as_tensor(optimizer.state[q][key]), torch.as_tensor(value)), key
+
+
+def test_clipnorm_clips_each_parameter_on_the_fused_path_and_is_the_optimizers_again_after():
+    _, optimizer, clipped = train(True, "adam", epochs=1, clipnorm=0.01)
+    _, _, free = train(True, "adam", epochs=1)
+    assert clipped.path.startswith("training path: fused-mlp")
+    assert clipped.epochs[0]["loss"] != pytest.approx(free.epochs[0]["loss"], rel=1e-3)  # it clipped
+    assert optimizer.clip == ("clipnorm", 0.01)
 
 
 def test_schedules_max_norm_and_sampled_eager_steps_on_the_fused_path():
@@ -277,9 +286,7 @@ def test_what_the_fused_step_does_not_take_is_named():
     assert why_not_fused(twice[:2], optimizer, sequence) == (
         "its inputs of shape (5, 4) do not reach it as (batch, features)"
     )
-    assert why_not_fused(model, optim.create("adam", model.parameters(), clipnorm=1.0)) == (
-        "clipnorm clips each tensor on its own"
-    )
+    assert why_not_fused(model, optim.create("adam", model.parameters(), clipnorm=1.0)) is None
     assert why_not_fused(model, optimizer, bf16=True) == "bf16 not supported by the fused step"
     groups = [
         {"params": list(model.output.parameters()), "lr": 0.1},

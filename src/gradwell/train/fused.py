@@ -20,7 +20,9 @@ advance, so this step does it by hand (the layers are in gradwell.train.fused_op
   and go into one block of the buffer (`layout`), small ones such as the chapter's 99 hidden
   100 x 100 layers as one batched product (``bmm``, fused_ops.WeightGradients);
 - update: every parameter is a view into one flat buffer, so the optimizer updates one tensor
-  with one kernel per operation (the optimizer's own update rule, unchanged).
+  with one kernel per operation (the optimizer's own update rule, unchanged); clipping by value
+  or by global norm is the same on the flat gradient, and ``clipnorm``, which bounds each
+  parameter's gradient on its own, is applied by the step to the parameters' views.
 
 The optimizer keeps its usual per-parameter state outside the step (in checkpoints, state_dict and
 after fit); while the step runs it holds one flat parameter and flat state, converted both ways
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradwell.activations import FusedKernel, activation_info
+from gradwell.clip import clip_by_norm_
 from gradwell.norm import BatchNorm
 from gradwell.optim import is_elementwise
 from gradwell.regularize import l1_l2_penalty, max_norm_
@@ -201,6 +204,12 @@ def biases(linears: list[nn.Linear]) -> list[nn.Parameter]:
     return [linear.bias for linear in linears if linear.bias is not None]
 
 
+def clipnorm_of(optimizer: torch.optim.Optimizer) -> float | None:
+    """The threshold of a gradwell optimizer's clipnorm (each tensor clipped on its own), or None."""
+    clip = getattr(optimizer, "clip", None)
+    return clip[1] if clip is not None and clip[0] == "clipnorm" else None
+
+
 def why_not_fused(
     model: nn.Module, optimizer: torch.optim.Optimizer, sample: Tensor | None = None, **options: Any
 ) -> str | None:
@@ -219,8 +228,6 @@ def why_not_fused(
         )
     if len(optimizer.param_groups) > 1:
         return "the optimizer has several parameter groups"
-    if getattr(optimizer, "clip", None) is not None and optimizer.clip[0] == "clipnorm":
-        return "clipnorm clips each tensor on its own"
     grouped = {id(p) for p in optimizer.param_groups[0]["params"]}
     if grouped != {id(p) for p in model.parameters()}:
         return "the optimizer does not hold exactly the model's parameters"
@@ -254,8 +261,10 @@ class FusedStep:
         self.flat.grad = torch.zeros_like(self.flat)
         for p, view in zip(self.params, self.views(self.flat.data), strict=True):
             p.data = view
+        self.grad_views = self.views(self.flat.grad)
         # id(parameter) -> its gradient, a view into flat.grad
-        self.grads = {id(p): g for p, g in zip(self.params, self.views(self.flat.grad), strict=True)}
+        self.grads = {id(p): g for p, g in zip(self.params, self.grad_views, strict=True)}
+        self.clipnorm = clipnorm_of(optimizer)
         self.groups = [self.weight_gradients(group) for group in same]
         places = {
             id(linear): (weights, i)
@@ -321,8 +330,10 @@ class FusedStep:
         return self.finish(loss.detach(), output.detach(), y)
 
     def finish(self, loss: Tensor, logits: Tensor, y: Tensor) -> Tensor:
-        """Update, max-norm, metrics: what follows the gradients in every step."""
+        """Clipping by norm, update, max-norm, metrics: what follows the gradients in every step."""
         with torch.no_grad():
+            if self.clipnorm is not None:
+                clip_by_norm_(self.grad_views, self.clipnorm)
             self.optimizer.step()
             if self.max_norm is not None:
                 max_norm_(self.model, self.max_norm)
@@ -364,6 +375,8 @@ class FusedStep:
                 state[key] = values[0].clone() if isinstance(values[0], Tensor) else values[0]
         self.optimizer.param_groups = [{**group, "params": [self.flat]}]
         self.optimizer.state = defaultdict(dict, {self.flat: state} if state else {})
+        if self.clipnorm is not None:  # each parameter's view is clipped in `finish`, not the flat one
+            self.optimizer.clip = None
 
     def flat_state(self, key: str, values: list[Tensor]) -> Tensor:
         """The flat state `values` (one per parameter) make up: the very buffer `swap_out` lent
@@ -402,6 +415,8 @@ class FusedStep:
             }
         self.optimizer.param_groups = self.user_groups
         self.optimizer.state = self.user_state
+        if self.clipnorm is not None:
+            self.optimizer.clip = ("clipnorm", self.clipnorm)
 
     def views(self, flat: Tensor) -> list[Tensor]:
         """A flat tensor cut into one view per parameter, shaped like it."""
