@@ -81,6 +81,36 @@ def test_a_non_finite_loss_names_the_step_and_the_first_layer_and_keeps_finite_w
     assert torch.isfinite(ckpt.load(ckpt.checkpoint_path(tmp_path, 8))["model"]["output.weight"]).all()
 
 
+class BlowupOnce(nn.Module):
+    """Multiplies by infinity on its `at`-th training forward only, counting in a plain attribute
+    that no snapshot restores: a divergence that a replay of the epoch does not meet again."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        return x * float("inf") if self.training and self.calls == self.at else x
+
+
+def test_a_divergence_the_replay_does_not_meet_says_so_and_keeps_the_epochs_starting_weights(tmp_path):
+    model = model_with_blowup(at=10**9)
+    model.hidden1.blowup = BlowupOnce(at=13)  # step 12, in epoch 2 (8 steps each)
+    optimizer = optim.create("sgd", model.parameters(), lr=0.01)
+    options = {"epochs": 3, "batch_size": 32, "checkpoint_dir": tmp_path, "progress": False}
+    with pytest.raises(NonFiniteError) as caught:
+        fit(model, blobs(), optimizer=optimizer, **options)
+    message = str(caught.value)
+    assert "non-finite at step 12 (epoch 2), but a replay of the epoch" in message
+    assert "weights from before that epoch" in message and "Lower the learning rate" in message
+    saved = ckpt.load(ckpt.checkpoint_path(tmp_path, 8))["model"]  # where epoch 2 began
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.equal(value, saved[name]), name
+
+
 def test_skip_mode_skips_and_counts_non_finite_steps():
     model = model_with_blowup(at=3)
     model.hidden1[1].register_forward_hook(

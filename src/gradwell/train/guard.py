@@ -87,6 +87,12 @@ def nonfinite_validation(run: Run, epoch_start: dict[str, Any]) -> NonFiniteErro
     )
 
 
+ADVICE = (
+    "Lower the learning rate, or clip the gradients (e.g. optimizer global_clipnorm); `gradwell diagnose` "
+    "shows where gradients grow"
+)
+
+
 def nonfinite_error(
     run: Run,
     epoch_start: dict[str, Any],
@@ -102,16 +108,18 @@ def nonfinite_error(
     """
     state.apply(run, run.metrics, epoch_start)
     found = replay()
-    if found is None:  # the replay diverged from the run: say what the run saw
+    if found is None:  # the replay stayed finite: say what the run saw, from where the epoch began
+        state.apply(run, run.metrics, epoch_start)
         return NonFiniteError(
-            f"the training loss became non-finite at step {reported_step} "
-            f"(epoch {run.epoch + 1}); replaying the epoch did not reproduce it"
+            f"the training loss became non-finite at step {reported_step} (epoch {run.epoch + 1}), but a "
+            "replay of the epoch, on the eager step that checks every update, stayed finite: the run was "
+            "at the edge of diverging, where the order of float operations (another on the fused path or "
+            "in a CUDA graph) or a nondeterministic kernel decides. The model keeps the weights from "
+            f"before that epoch, and the last checkpoint (if any) is untouched. {ADVICE}"
         )
     step, x, y = found
     clause = distributed.first_text(where(x, y))  # any process's shard
     return NonFiniteError(
         f"training became non-finite at step {step} (epoch {run.epoch + 1}){clause}. The model keeps the "
-        "weights from before that step, and the last checkpoint (if any) is untouched. Lower the learning "
-        "rate, or clip the gradients (e.g. optimizer global_clipnorm); `gradwell diagnose` shows where "
-        "gradients grow"
+        f"weights from before that step, and the last checkpoint (if any) is untouched. {ADVICE}"
     )

@@ -162,8 +162,9 @@ def fit(
             weights at most this norm), ``seed`` (shuffling and every random op of the run; the
             global RNG is left as it was), ``on_nonfinite`` ("stop": a non-finite loss ends the
             run with a NonFiniteError naming the step and where it turned non-finite, found by
-            replaying the epoch, the model keeping the weights from before that step; "skip": a
-            non-finite step is not applied and is counted, reading the device every step),
+            replaying the epoch, the model keeping the weights from before that step (from before
+            the epoch where the replay stays finite); "skip": a non-finite step is not applied and
+            is counted, reading the device every step),
             ``precision`` ("fp32" or "bf16" autocast of forward and loss), ``fast`` (the fastest
             training path that applies, gradwell.train.paths; False runs eagerly), ``compile``
             (torch.compile the forward pass: worth it on GPUs, rarely on CPUs) and
