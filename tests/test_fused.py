@@ -358,6 +358,63 @@ class LARS(torch.optim.Optimizer):
                     p.sub_(group["lr"] * trust * p.grad)
 
 
+def passes_threads(monkeypatch, serial_below=None):
+    """torch's numbers of threads in the activations' forward and backward of a fused fit on 2
+    threads, and after it."""
+    from gradwell.train import fused_ops
+
+    seen = []
+    for name in ("forward", "backward"):
+        method = getattr(fused_ops.ActivationLayer, name)
+
+        def spy(self, *args, method=method):
+            seen.append(torch.get_num_threads())
+            return method(self, *args)
+
+        monkeypatch.setattr(fused_ops.ActivationLayer, name, spy)
+    if serial_below is not None:
+        monkeypatch.setattr(fused_ops, "SERIAL_BELOW", serial_below)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = mlp()
+        fit(
+            model,
+            blobs64(),
+            optimizer=optim.create("nadam", model.parameters()),
+            epochs=1,
+            batch_size=32,
+            progress=False,
+        )
+        return set(seen), torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_small_networks_run_their_passes_on_one_thread_and_give_the_threads_back(monkeypatch):
+    assert passes_threads(monkeypatch) == ({1}, 2)  # products of at most 32 x 12 x 12 multiply-adds
+    assert passes_threads(monkeypatch, serial_below=0) == ({2}, 2)
+
+
+def test_the_number_of_threads_comes_back_after_an_error():
+    from gradwell.train.fused_ops import one_thread
+
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError), one_thread():
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("inside the passes")
+    assert torch.get_num_threads() == threads
+
+
+def test_one_thread_when_most_multiply_adds_are_in_small_products():
+    from gradwell.train.fused_ops import SERIAL_BELOW, runs_serial
+
+    small, large = SERIAL_BELOW // 10, SERIAL_BELOW * 2
+    assert runs_serial([large] + [small] * 20)  # a wide first layer, many small ones
+    assert not runs_serial([small] * 2 + [large] * 2)
+    assert not runs_serial([SERIAL_BELOW] * 3)  # at the line: torch's threads
+
+
 def test_a_per_tensor_optimizer_trains_eagerly_and_says_why(caplog):
     reason = (
         "LARS does not declare an elementwise update (gradwell.optim.is_elementwise): "

@@ -19,6 +19,11 @@ advance, so this step does it by hand (the layers are in gradwell.train.fused_op
   a flat gradient buffer; the weight gradients of same-shaped layers wait for the end of the pass
   and go into one block of the buffer (`layout`), small ones such as the chapter's 99 hidden
   100 x 100 layers as one batched product (``bmm``, fused_ops.WeightGradients);
+- threads: when most of the network's multiply-adds are in small products (fused_ops.runs_serial,
+  the chapter's 100 x 100 layers at batch 32), the forward and backward passes run on one thread
+  (torch.set_num_threads, process-wide, set back after each pass), the batched weight gradients and
+  the update on torch's threads: splitting such small products over the threads costs more time
+  than it saves;
 - update: every parameter is a view into one flat buffer, so the optimizer updates one tensor
   with one kernel per operation (the optimizer's own update rule, unchanged); clipping by value
   or by global norm is the same on the flat gradient, and ``clipnorm``, which bounds each
@@ -58,6 +63,8 @@ from gradwell.train.fused_ops import (
     MovingStatistics,
     WeightGradients,
     cross_entropy_with_grad,
+    one_thread,
+    runs_serial,
 )
 from gradwell.train.step import Metrics, StepContext
 
@@ -273,6 +280,8 @@ class FusedStep:
         }
         self.moving = MovingStatistics([value for kind, value in found.modules if kind == "batchnorm"])
         self.layers = [self.layer(kind, value, places) for kind, value in found.modules]
+        self.linears = [layer for layer in self.layers if isinstance(layer, LinearLayer)]
+        self.serial_at: dict[int, bool] = {}  # batch size -> whether the passes run on one thread
         self.lent: dict[str, tuple[Tensor, list[Tensor]]] = {}  # key -> flat buffer, the views swap_out lent
         self.swap_in()
 
@@ -340,19 +349,28 @@ class FusedStep:
         self.metrics.add(loss, (logits.argmax(-1) == y).sum() if self.accuracy else None, len(y))
         return loss
 
+    def serial(self, batch: int) -> bool:
+        """Whether the passes run on one thread at this batch size (fused_ops.runs_serial)."""
+        if batch not in self.serial_at:
+            self.serial_at[batch] = runs_serial([linear.product(batch) for linear in self.linears])
+        return self.serial_at[batch]
+
     def forward(self, a: Tensor) -> tuple[Tensor, list[Any]]:
         """The logits, and what each layer saved for its backward."""
         saved = []
-        for layer in self.layers:
-            a, kept = layer.forward(a)
-            saved.append(kept)
+        with one_thread(self.serial(len(a))):
+            for layer in self.layers:
+                a, kept = layer.forward(a)
+                saved.append(kept)
         self.moving.update()
         return a, saved
 
     def backward(self, grad: Tensor, saved: list[Any]) -> None:
-        """Write every parameter's gradient into the flat buffer, from d loss / d logits."""
-        for i in range(len(self.layers) - 1, -1, -1):
-            grad = self.layers[i].backward(grad, saved[i], i > 0)
+        """Write every parameter's gradient into the flat buffer, from d loss / d logits; the weight
+        gradients of same-shaped layers (one batched product each) on torch's threads."""
+        with one_thread(self.serial(len(grad))):
+            for i in range(len(self.layers) - 1, -1, -1):
+                grad = self.layers[i].backward(grad, saved[i], i > 0)
         for group in self.groups:
             group.write()
 

@@ -28,6 +28,8 @@ seed gives the same masks as the eager modules.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,48 @@ def add_penalty_gradient_(weight_grad: Tensor, weight: Tensor, l1: float, l2: fl
 # 100, 0.96x at 64 x 128 x 128, 0.86x to 0.96x at 64 x 256 x 256, where stacking the inputs costs
 # more than the calls it saves)
 BATCHED_BELOW = 2_000_000
+
+
+# multiply-adds of a Linear layer's product (batch x in x out) below which MKL's split of the product
+# over the threads, and ATen's of BatchNorm's channels, cost more than the second core gives
+# (benchmarks/bench_serial_layers.py, 2-core CPU: one thread 1.0x to 1.4x faster for MLPs of 0.1 to
+# 1.6 million per product, 0.7x to 1.1x at 2 to 8 million; see BENCHMARKS.md)
+SERIAL_BELOW = 2_000_000
+
+
+def runs_serial(products: list[int]) -> bool:
+    """Whether a network whose Linear layers' products have these multiply-adds trains faster on one
+    thread: when at least half of its multiply-adds are in products below SERIAL_BELOW, so that a
+    784-input first layer does not decide for the chapter's 99 hidden 100 x 100 layers.
+
+    >>> runs_serial([32 * 784 * 100] + [32 * 100 * 100] * 99), runs_serial([64 * 256 * 256] * 5)
+    (True, False)
+    """
+    small = sum(work for work in products if work < SERIAL_BELOW)
+    return 2 * small >= sum(products)
+
+
+@contextmanager
+def one_thread(active: bool = True) -> Iterator[None]:
+    """torch's number of threads set to 1 inside (when `active`), and set back on exit, an error
+    included.
+
+    >>> threads = torch.get_num_threads()
+    >>> with one_thread():
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == threads
+    True
+    """
+    threads = torch.get_num_threads()
+    if not active or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class WeightGradients:
@@ -134,6 +178,10 @@ class LinearLayer:
         self.weight_grad = grads[id(linear.weight)]
         self.bias_grad = grads[id(linear.bias)] if linear.bias is not None else None
         self.l1, self.l2, self.group = l1, l2, group
+
+    def product(self, batch: int) -> int:
+        """The multiply-adds of this layer's product at this batch size."""
+        return batch * self.weight.numel()
 
     def forward(self, a: Tensor) -> tuple[Tensor, Tensor]:
         return F.linear(a, self.weight, self.bias), a
