@@ -400,10 +400,14 @@ def test_the_number_of_threads_comes_back_after_an_error():
     from gradwell.train.fused_ops import one_thread
 
     threads = torch.get_num_threads()
-    with pytest.raises(RuntimeError), one_thread():
-        assert torch.get_num_threads() == 1
-        raise RuntimeError("inside the passes")
-    assert torch.get_num_threads() == threads
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError), one_thread():
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside the passes")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_one_thread_when_most_multiply_adds_are_in_small_products():

@@ -80,8 +80,8 @@ BATCHED_BELOW = 2_000_000
 
 # multiply-adds of a Linear layer's product (batch x in x out) below which MKL's split of the product
 # over the threads, and ATen's of BatchNorm's channels, cost more than the second core gives
-# (benchmarks/bench_serial_layers.py, 2-core CPU: one thread 1.0x to 1.4x faster for MLPs of 0.1 to
-# 1.6 million per product, 0.7x to 1.1x at 2 to 8 million; see BENCHMARKS.md)
+# (benchmarks/bench_serial_layers.py, 2-core CPU: one thread 1.0x to 1.5x as fast for MLPs of 0.1
+# to 1.6 million per product, 0.7x to 1.1x at 2 to 8 million; see BENCHMARKS.md)
 SERIAL_BELOW = 2_000_000
 
 
