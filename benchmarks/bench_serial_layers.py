@@ -70,8 +70,8 @@ def row(name: str, network: Network, rates: dict[str, list[float]]) -> str:
     medians = "  ".join(f"{statistics.median(rates[setting]):8.1f}" for setting in SETTINGS)
     ratio = within_rounds(rates["one thread"], rates["torch's threads"])
     picked = "one" if fused_ops.runs_serial(products(network)) else "torch's"
-    largest = statistics.median(products(network))
-    return f"{name:20s} {largest / 1e6:6.2f}M  {medians}   {ratio:30s}  {picked}"
+    median = statistics.median(products(network))
+    return f"{name:20s} {median / 1e6:6.2f}M  {medians}   {ratio:30s}  {picked}"
 
 
 def main() -> None:
