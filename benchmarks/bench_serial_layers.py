@@ -39,24 +39,28 @@ def sweep() -> dict[str, Network]:
     return found
 
 
-def measure(network: Network, steps: int, rounds: int) -> dict[str, list[float]]:
-    """Steps/s of gradwell fit per setting of SERIAL_BELOW, the settings in rotating order each round."""
+def measure(
+    network: Network, steps: int, rounds: int, constant: str = "SERIAL_BELOW", settings: dict | None = None
+) -> dict[str, list[float]]:
+    """Steps/s of gradwell fit per setting of the fused_ops `constant` (`settings`: name -> value,
+    SETTINGS by default), the settings in rotating order each round."""
+    settings = SETTINGS if settings is None else settings
     samples = steps * network.batch
     x, y = torch.randn(samples, network.inputs), torch.randint(0, network.classes, (samples,))
     train = gradwell_loop(network, x, y, network.batch, torch.device("cpu"))
-    kept = fused_ops.SERIAL_BELOW
-    rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    kept = getattr(fused_ops, constant)
+    rates: dict[str, list[float]] = {name: [] for name in settings}
     try:
         train(10)
         for r in range(rounds):
-            names = list(SETTINGS)
+            names = list(settings)
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                fused_ops.SERIAL_BELOW = SETTINGS[name]
+                setattr(fused_ops, constant, settings[name])
                 started = time.perf_counter()
                 train(steps)
                 rates[name].append(steps / (time.perf_counter() - started))
     finally:
-        fused_ops.SERIAL_BELOW = kept
+        setattr(fused_ops, constant, kept)
     return rates
 
 

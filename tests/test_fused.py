@@ -14,6 +14,7 @@ from gradwell.data import Dataset, Split
 from gradwell.norm import BatchNorm
 from gradwell.train import fit
 from gradwell.train.fused import FusedStep, Plan, kernel, plan, why_not_fused
+from gradwell.train.fused_ops import onednn_linear
 from gradwell.train.step import Metrics
 
 ACTIVATIONS = [
@@ -29,6 +30,8 @@ ACTIVATIONS = [
     "mish",
     "linear",
 ]
+
+ONEDNN = onednn_linear()  # the kernel itself: the tests count its calls through a wrapper
 
 
 def mlp(activation="selu", **options):
@@ -417,6 +420,49 @@ def test_one_thread_when_most_multiply_adds_are_in_small_products():
     assert runs_serial([large] + [small] * 20)  # a wide first layer, many small ones
     assert not runs_serial([small] * 2 + [large] * 2)
     assert not runs_serial([SERIAL_BELOW] * 3)  # at the line: torch's threads
+
+
+def onednn_trained(monkeypatch, onednn_from, dtype=torch.float32, steps=4):
+    """A BN + Swish net after `steps` fused Nadam steps with fused_ops.ONEDNN_FROM = `onednn_from`:
+    its parameters, the losses, and the batch sizes of the oneDNN products it took."""
+    from gradwell.train import fused_ops
+
+    taken = []
+
+    def counted(x, *args):
+        taken.append(len(x))
+        return ONEDNN(x, *args)
+
+    monkeypatch.setattr(fused_ops, "onednn_linear", lambda: counted)
+    monkeypatch.setattr(fused_ops, "ONEDNN_FROM", onednn_from)
+    model = network(dtype=dtype, activation="swish", batchnorm="before")
+    step = FusedStep(
+        model, nn.functional.cross_entropy, optim.create("nadam", model.parameters(), lr=0.01),
+        Metrics(torch.device("cpu")),
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(steps, 16, 2, 4, generator=generator)
+    y = torch.randint(0, 3, (steps, 16), generator=generator)
+    losses = [step(xb.to(dtype), yb).item() for xb, yb in zip(x, y, strict=True)]
+    step.close()
+    return [p.detach().clone() for p in model.parameters()], losses, taken
+
+
+@pytest.mark.skipif(
+    ONEDNN is None,
+    reason="this build of torch has no oneDNN kernel (torch.ops.mkldnn._linear_pointwise)",
+)
+def test_float32_products_from_onednn_from_are_onednns_and_train_as_mkls_do(monkeypatch):
+    mkl, mkl_losses, none_taken = onednn_trained(monkeypatch, float("inf"))
+    onednn, onednn_losses, taken = onednn_trained(monkeypatch, 0)
+    assert none_taken == [] and taken == [16] * 7 * 4  # 4 layers forward, 3 backward (not the data's)
+    assert onednn_losses == pytest.approx(mkl_losses, rel=1e-5)
+    for a, b in zip(mkl, onednn, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    # at the line, the two 12 x 12 layers' products are oneDNN's (forward and backward), the smaller
+    # 8 -> 12 and 12 -> 3 ones MKL's; float64 ones always MKL's (oneDNN has no float64 kernel)
+    assert onednn_trained(monkeypatch, 16 * 12 * 12, steps=1)[2] == [16] * 4
+    assert onednn_trained(monkeypatch, 0, dtype=torch.float64, steps=1)[2] == []
 
 
 def test_a_per_tensor_optimizer_trains_eagerly_and_says_why(caplog):

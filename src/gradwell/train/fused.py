@@ -7,7 +7,10 @@ a loop of a few hundred small kernels, one per tensor and operation. For a stack
 BatchNorm, Dropout / AlphaDropout layers and elementwise activations, all of that is known in
 advance, so this step does it by hand (the layers are in gradwell.train.fused_ops):
 
-- forward: ``z = addmm(b, a, W^T)``, batch normalization with the batch's statistics through
+- products: ``z = a W^T + b`` and ``da = dz W`` by oneDNN's kernel in float32 from
+  fused_ops.ONEDNN_FROM multiply-adds, where it beats MKL's, the one torch's matmul calls (up to 2x
+  on AMD EPYC CPUs, benchmarks/bench_products.py), by MKL's below and in float64;
+- forward: ``z = a W^T + b``, batch normalization with the batch's statistics through
   torch's kernel (moving averages updated as the eager layer does), dropout masks drawn as
   torch's kernels draw them, and the activation, each keeping what its backward needs;
 - loss: cross-entropy on class labels and its gradient with respect to the logits by the kernels
@@ -32,7 +35,8 @@ advance, so this step does it by hand (the layers are in gradwell.train.fused_op
 The optimizer keeps its usual per-parameter state outside the step (in checkpoints, state_dict and
 after fit); while the step runs it holds one flat parameter and flat state, converted both ways
 by `FusedStep.user_view`. The results equal autograd's up to float rounding (the tests compare them
-in float64). `plan` says why a model does not qualify; fit then takes another path.
+in float64, and oneDNN's products with MKL's in float32). `plan` says why a model does not
+qualify; fit then takes another path.
 """
 
 from __future__ import annotations

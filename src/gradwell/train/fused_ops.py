@@ -28,7 +28,7 @@ seed gives the same masks as the eager modules.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -83,6 +83,21 @@ BATCHED_BELOW = 2_000_000
 # (benchmarks/bench_serial_layers.py, 2-core CPU: one thread 1.0x to 1.5x as fast for MLPs of 0.1
 # to 1.6 million per product, 0.7x to 1.1x at 2 to 8 million; see BENCHMARKS.md)
 SERIAL_BELOW = 2_000_000
+
+
+# multiply-adds of a float32 product z = x W^T (+ b) from which oneDNN's kernel beats MKL's, the one
+# torch's matmul calls on a CPU (benchmarks/bench_products.py, AMD EPYC 2-core, where MKL does not
+# take its AVX-512 code: oneDNN 1.1x to 1.4x as fast at 2.1 to 4.2 million, up to 2.2x at 34
+# million, 0.5x to 1.0x below 1.7 million, where its call costs more than its arithmetic saves)
+ONEDNN_FROM = 2_000_000
+
+
+def onednn_linear() -> Callable[..., Tensor] | None:
+    """oneDNN's linear kernel, as torch.compile's CPU code calls it for a Linear layer:
+    ``(x, W, b or None, "none", [], "") -> x W^T + b``; None where torch was built without oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 
 def runs_serial(products: list[int]) -> bool:
@@ -163,6 +178,8 @@ class WeightGradients:
 class LinearLayer:
     """z = a W^T + b; dW = dz^T a (+ the l1/l2 penalty's gradient), db = sum(dz), da = dz W.
 
+    z and da are products by oneDNN from ONEDNN_FROM multiply-adds in float32, else by MKL through
+    torch's own F.linear (oneDNN has no float64 kernel): the same function, summed in another order.
     A layer in a `WeightGradients` group (at `index`) hands dz and a to it instead, when it takes them.
     """
 
@@ -178,12 +195,19 @@ class LinearLayer:
         self.weight_grad = grads[id(linear.weight)]
         self.bias_grad = grads[id(linear.bias)] if linear.bias is not None else None
         self.l1, self.l2, self.group = l1, l2, group
+        self.onednn = onednn_linear() if linear.weight.dtype == torch.float32 else None
 
     def product(self, batch: int) -> int:
         """The multiply-adds of this layer's product at this batch size."""
         return batch * self.weight.numel()
 
+    def by_onednn(self, batch: int) -> bool:
+        """Whether this layer's products at this batch size are oneDNN's (ONEDNN_FROM)."""
+        return self.onednn is not None and self.product(batch) >= ONEDNN_FROM
+
     def forward(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        if self.by_onednn(len(a)):
+            return self.onednn(a, self.weight, self.bias, "none", [], ""), a
         return F.linear(a, self.weight, self.bias), a
 
     def backward(self, grad: Tensor, a: Tensor, needs_input: bool) -> Tensor | None:
@@ -194,7 +218,11 @@ class LinearLayer:
             add_penalty_gradient_(self.weight_grad, self.weight, self.l1, self.l2)
             if self.bias_grad is not None:
                 torch.sum(grad, 0, out=self.bias_grad)
-        return grad.mm(self.weight) if needs_input else None
+        if not needs_input:
+            return None
+        if self.by_onednn(len(grad)):
+            return self.onednn(grad, self.weight.t(), None, "none", [], "")
+        return grad.mm(self.weight)
 
 
 class ActivationLayer:
