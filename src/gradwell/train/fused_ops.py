@@ -87,9 +87,11 @@ SERIAL_BELOW = 2_000_000
 
 # multiply-adds of a float32 product z = x W^T (+ b) from which oneDNN's kernel beats MKL's, the one
 # torch's matmul calls on a CPU (benchmarks/bench_products.py, AMD EPYC 2-core, where MKL does not
-# take its AVX-512 code: oneDNN 1.1x to 1.4x as fast at 2.1 to 4.2 million, up to 2.2x at 34
-# million, 0.5x to 1.0x below 1.7 million, where its call costs more than its arithmetic saves)
-ONEDNN_FROM = 2_000_000
+# take its AVX-512 code: oneDNN 1.2x to 1.6x as fast at 3.3 and 4.2 million, up to 2.2x at 34
+# million; below, 0.5x to 1.2x on two threads, where its call costs more than its arithmetic saves,
+# and though 1.3x to 1.5x on one thread at 1.6 to 2.1 million, the SELU and ReLU nets' 784-input
+# first layers at 2.5 million made their one-thread steps 2% to 4% slower)
+ONEDNN_FROM = 3_000_000
 
 
 def onednn_linear() -> Callable[..., Tensor] | None:
