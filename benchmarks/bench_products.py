@@ -9,10 +9,13 @@ line:
 - products: for batches of 32 to 128 and square layers 100 to 512 wide, on 1 and 2 threads, the
   median over rounds of MKL's time / oneDNN's for each of the two products (above 1: oneDNN faster),
   and the kernel the rule picks;
-- networks: bench_loop.py's networks trained by gradwell ``fit`` with oneDNN's products where the
-  rule picks them and with MKL's everywhere, interleaved; steps/s and the ratio within rounds.
+- networks: the fused step of each of bench_loop.py's networks (FusedStep alone on one random batch,
+  so that nothing else in a round varies), with oneDNN's products from `--onednn-from` multiply-adds
+  (the rule's ONEDNN_FROM by default) and with MKL's everywhere, in alternating rounds; steps/s and
+  the ratio within rounds. A network with no product that large compares a setting with itself,
+  which shows the measurement's own spread.
 
-    python benchmarks/bench_products.py [--rounds 5] [--steps 100]
+    python benchmarks/bench_products.py [--rounds 8] [--steps 300] [--onednn-from 2000000]
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from bench_loop import NETWORKS, within_rounds
-from bench_serial_layers import measure
+from bench_loop import NETWORKS, Network, gradwell_model, within_rounds
 
+from gradwell import optim
 from gradwell.train import fused_ops
+from gradwell.train.fused import FusedStep
+from gradwell.train.step import Metrics
 
 
 def seconds(work: Callable[[], object], calls: int) -> float:
@@ -70,27 +75,55 @@ def products(rounds: int) -> None:
                 print(f"{shape}  {forward:12.2f}x  {backward:8.2f}x  {picked}", flush=True)
 
 
-def networks(steps: int, rounds: int) -> None:
-    settings = {"rule": fused_ops.ONEDNN_FROM, "MKL only": math.inf}
-    print(f"\nnetworks, gradwell fit, {rounds} rounds of {steps} steps; steps/s")
-    print(f"{'network':10s} {'rule':>8s} {'MKL only':>9s}   rule / MKL only, per round")
+def step_rates(
+    network: Network, steps: int, rounds: int, settings: dict[str, float]
+) -> dict[str, list[float]]:
+    """Steps/s of the network's fused step per setting of ONEDNN_FROM, the settings in rotating order."""
+    model = gradwell_model(network, torch.device("cpu"))
+    name, options = network.optimizer
+    step = FusedStep(
+        model,
+        F.cross_entropy,
+        optim.create(name, model.parameters(), **options),
+        Metrics(torch.device("cpu")),
+    )
+    x, y = torch.randn(network.batch, network.inputs), torch.randint(0, network.classes, (network.batch,))
+    kept = fused_ops.ONEDNN_FROM
+    rates: dict[str, list[float]] = {setting: [] for setting in settings}
+    try:
+        for r in range(rounds):
+            names = list(settings)
+            for setting in names[r % len(names) :] + names[: r % len(names)]:
+                fused_ops.ONEDNN_FROM = settings[setting]
+                rates[setting].append(1 / seconds(lambda: step(x, y), steps))
+    finally:
+        fused_ops.ONEDNN_FROM = kept
+    return rates
+
+
+def networks(steps: int, rounds: int, onednn_from: float) -> None:
+    settings = {"oneDNN": onednn_from, "MKL only": math.inf}
+    where = f"oneDNN from {onednn_from:,.0f} multiply-adds"
+    print(f"\nfused steps, {where}, {rounds} rounds of {steps} steps; steps/s")
+    print(f"{'network':10s} {'oneDNN':>8s} {'MKL only':>9s}   oneDNN / MKL only, per round")
     for name, network in NETWORKS.items():
-        rates = measure(network, steps, rounds, "ONEDNN_FROM", settings)
+        rates = step_rates(network, steps, rounds, settings)
         medians = "  ".join(f"{statistics.median(rates[setting]):8.1f}" for setting in settings)
-        print(f"{name:10s} {medians}   {within_rounds(rates['rule'], rates['MKL only'])}", flush=True)
+        print(f"{name:10s} {medians}   {within_rounds(rates['oneDNN'], rates['MKL only'])}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--onednn-from", type=float, default=fused_ops.ONEDNN_FROM)
     args = parser.parse_args()
     if fused_ops.onednn_linear() is None:
         raise SystemExit("this build of torch has no oneDNN: the fused step uses MKL's products only")
     print(f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}")
     products(args.rounds)
     torch.set_num_threads(2)
-    networks(args.steps, args.rounds)
+    networks(args.steps, args.rounds, args.onednn_from)
 
 
 if __name__ == "__main__":

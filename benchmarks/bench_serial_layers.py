@@ -39,28 +39,24 @@ def sweep() -> dict[str, Network]:
     return found
 
 
-def measure(
-    network: Network, steps: int, rounds: int, constant: str = "SERIAL_BELOW", settings: dict | None = None
-) -> dict[str, list[float]]:
-    """Steps/s of gradwell fit per setting of the fused_ops `constant` (`settings`: name -> value,
-    SETTINGS by default), the settings in rotating order each round."""
-    settings = SETTINGS if settings is None else settings
+def measure(network: Network, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Steps/s of gradwell fit per setting of SERIAL_BELOW, the settings in rotating order each round."""
     samples = steps * network.batch
     x, y = torch.randn(samples, network.inputs), torch.randint(0, network.classes, (samples,))
     train = gradwell_loop(network, x, y, network.batch, torch.device("cpu"))
-    kept = getattr(fused_ops, constant)
-    rates: dict[str, list[float]] = {name: [] for name in settings}
+    kept = fused_ops.SERIAL_BELOW
+    rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
     try:
         train(10)
         for r in range(rounds):
-            names = list(settings)
+            names = list(SETTINGS)
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                setattr(fused_ops, constant, settings[name])
+                fused_ops.SERIAL_BELOW = SETTINGS[name]
                 started = time.perf_counter()
                 train(steps)
                 rates[name].append(steps / (time.perf_counter() - started))
     finally:
-        setattr(fused_ops, constant, kept)
+        fused_ops.SERIAL_BELOW = kept
     return rates
 
 
