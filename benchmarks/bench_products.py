@@ -7,8 +7,9 @@ and da = dz W from fused_ops.ONEDNN_FROM multiply-adds (float32 only). This benc
 line:
 
 - products: for batches of 32 to 128 and square layers 100 to 512 wide, on 1 and 2 threads, the
-  median over rounds of MKL's time / oneDNN's for each of the two products (above 1: oneDNN faster),
-  and the kernel the rule picks;
+  median over rounds of MKL's time / oneDNN's for each of the three products (above 1: oneDNN
+  faster; the weight gradient's with the copy into its place in the flat buffer that oneDNN, which
+  writes no given output, would need), and the kernel the rule picks for z and da;
 - networks: the fused step of each of bench_loop.py's networks (FusedStep alone on one random batch,
   so that nothing else in a round varies), with oneDNN's products from `--onednn-from` multiply-adds
   (the rule's ONEDNN_FROM by default) and with MKL's everywhere, in alternating rounds; steps/s and
@@ -45,34 +46,41 @@ def seconds(work: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - started) / calls
 
 
-def product_ratios(batch: int, width: int, rounds: int) -> tuple[float, float]:
-    """The median over rounds of MKL's time / oneDNN's, for z = a W^T + b and for da = dz W."""
+def product_ratios(batch: int, width: int, rounds: int) -> list[float]:
+    """The median over rounds of MKL's time / oneDNN's, for z = a W^T + b, da = dz W and
+    dW = dz^T a (oneDNN's copied into the gradient's place, as the flat buffer would need)."""
     onednn = fused_ops.onednn_linear()
     a, dz = torch.randn(batch, width), torch.randn(batch, width)
-    weight, bias = torch.randn(width, width), torch.randn(width)
+    weight, bias, weight_grad = torch.randn(width, width), torch.randn(width), torch.empty(width, width)
     calls = max(100, int(1e8 / (batch * width * width)))
-    forward, backward = [], []
+    pairs = [
+        (lambda: F.linear(a, weight, bias), lambda: onednn(a, weight, bias, "none", [], "")),
+        (lambda: dz.mm(weight), lambda: onednn(dz, weight.t(), None, "none", [], "")),
+        (
+            lambda: torch.mm(dz.t(), a, out=weight_grad),
+            lambda: weight_grad.copy_(onednn(dz.t(), a.t(), None, "none", [], "")),
+        ),
+    ]
+    ratios: list[list[float]] = [[] for _ in pairs]
     for _ in range(rounds):
-        mkl = seconds(lambda: F.linear(a, weight, bias), calls)
-        forward.append(mkl / seconds(lambda: onednn(a, weight, bias, "none", [], ""), calls))
-        mkl = seconds(lambda: dz.mm(weight), calls)
-        backward.append(mkl / seconds(lambda: onednn(dz, weight.t(), None, "none", [], ""), calls))
-    return statistics.median(forward), statistics.median(backward)
+        for found, (mkl, dnn) in zip(ratios, pairs, strict=True):
+            found.append(seconds(mkl, calls) / seconds(dnn, calls))
+    return [statistics.median(found) for found in ratios]
 
 
 def products(rounds: int) -> None:
     print(f"ONEDNN_FROM = {fused_ops.ONEDNN_FROM:,} multiply-adds; MKL's time / oneDNN's, median of {rounds}")
-    columns = f"{'z = a W^T + b':>13s}  {'da = dz W':>9s}"
-    print(f"{'threads':>7s} {'batch':>5s} {'width':>5s} {'products':>9s}  {columns}  picked")
+    columns = f"{'z = a W^T + b':>13s}  {'da = dz W':>9s}  {'dW = dz^T a':>11s}"
+    print(f"{'threads':>7s} {'batch':>5s} {'width':>5s} {'products':>9s}  {columns}  picked for z, da")
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for batch in (32, 64, 128):
             for width in (100, 160, 256, 512):
-                forward, backward = product_ratios(batch, width, rounds)
+                forward, backward, weight = product_ratios(batch, width, rounds)
                 work = batch * width * width
                 picked = "oneDNN" if work >= fused_ops.ONEDNN_FROM else "MKL"
                 shape = f"{threads:7d} {batch:5d} {width:5d} {work / 1e6:8.2f}M"
-                print(f"{shape}  {forward:12.2f}x  {backward:8.2f}x  {picked}", flush=True)
+                print(f"{shape}  {forward:12.2f}x  {backward:8.2f}x  {weight:10.2f}x  {picked}", flush=True)
 
 
 def step_rates(
