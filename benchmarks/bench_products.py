@@ -7,7 +7,7 @@ and da = dz W from fused_ops.ONEDNN_FROM multiply-adds (float32 only). This benc
 line:
 
 - products: for batches of 32 to 128 and square layers 100 to 512 wide, on 1 and 2 threads, the
-  median over rounds of MKL's time / oneDNN's for each of the three products (above 1: oneDNN
+  ratio of MKL's median time over rounds to oneDNN's for each of the three products (above 1: oneDNN
   faster; the weight gradient's with the copy into its place in the flat buffer that oneDNN, which
   writes no given output, would need), and the kernel the rule picks for z and da;
 - networks: the fused step of each of bench_loop.py's networks (FusedStep alone on one random batch,
@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from bench_loop import NETWORKS, Network, gradwell_model, within_rounds
+from bench_step_parts import timed
 
 from gradwell import optim
 from gradwell.train import fused_ops
@@ -37,18 +36,9 @@ from gradwell.train.fused import FusedStep
 from gradwell.train.step import Metrics
 
 
-def seconds(work: Callable[[], object], calls: int) -> float:
-    for _ in range(10):
-        work()
-    started = time.perf_counter()
-    for _ in range(calls):
-        work()
-    return (time.perf_counter() - started) / calls
-
-
 def product_ratios(batch: int, width: int, rounds: int) -> list[float]:
-    """The median over rounds of MKL's time / oneDNN's, for z = a W^T + b, da = dz W and
-    dW = dz^T a (oneDNN's copied into the gradient's place, as the flat buffer would need)."""
+    """MKL's median time / oneDNN's over rounds (bench_step_parts.timed), for z = a W^T + b, da = dz W
+    and dW = dz^T a (oneDNN's copied into the gradient's place, as the flat buffer would need)."""
     onednn = fused_ops.onednn_linear()
     a, dz = torch.randn(batch, width), torch.randn(batch, width)
     weight, bias, weight_grad = torch.randn(width, width), torch.randn(width), torch.empty(width, width)
@@ -61,15 +51,12 @@ def product_ratios(batch: int, width: int, rounds: int) -> list[float]:
             lambda: weight_grad.copy_(onednn(dz.t(), a.t(), None, "none", [], "")),
         ),
     ]
-    ratios: list[list[float]] = [[] for _ in pairs]
-    for _ in range(rounds):
-        for found, (mkl, dnn) in zip(ratios, pairs, strict=True):
-            found.append(seconds(mkl, calls) / seconds(dnn, calls))
-    return [statistics.median(found) for found in ratios]
+    medians = [timed({"MKL": mkl, "oneDNN": dnn}, calls, rounds) for mkl, dnn in pairs]
+    return [found["MKL"] / found["oneDNN"] for found in medians]
 
 
 def products(rounds: int) -> None:
-    print(f"ONEDNN_FROM = {fused_ops.ONEDNN_FROM:,} multiply-adds; MKL's time / oneDNN's, median of {rounds}")
+    print(f"ONEDNN_FROM = {fused_ops.ONEDNN_FROM:,} multiply-adds; MKL's median time / oneDNN's over {rounds} rounds")
     columns = f"{'z = a W^T + b':>13s}  {'da = dz W':>9s}  {'dW = dz^T a':>11s}"
     print(f"{'threads':>7s} {'batch':>5s} {'width':>5s} {'products':>9s}  {columns}  picked for z, da")
     for threads in (1, 2):
@@ -103,7 +90,7 @@ def step_rates(
             names = list(settings)
             for setting in names[r % len(names) :] + names[: r % len(names)]:
                 fused_ops.ONEDNN_FROM = settings[setting]
-                rates[setting].append(1 / seconds(lambda: step(x, y), steps))
+                rates[setting].append(1e6 / timed({setting: lambda: step(x, y)}, steps, 1)[setting])
     finally:
         fused_ops.ONEDNN_FROM = kept
     return rates
