@@ -56,7 +56,8 @@ def product_ratios(batch: int, width: int, rounds: int) -> list[float]:
 
 
 def products(rounds: int) -> None:
-    print(f"ONEDNN_FROM = {fused_ops.ONEDNN_FROM:,} multiply-adds; MKL's median time / oneDNN's over {rounds} rounds")
+    line = f"ONEDNN_FROM = {fused_ops.ONEDNN_FROM:,} multiply-adds"
+    print(f"{line}; MKL's median time / oneDNN's over {rounds} rounds")
     columns = f"{'z = a W^T + b':>13s}  {'da = dz W':>9s}  {'dW = dz^T a':>11s}"
     print(f"{'threads':>7s} {'batch':>5s} {'width':>5s} {'products':>9s}  {columns}  picked for z, da")
     for threads in (1, 2):
