@@ -1,8 +1,8 @@
 """Whose matrix product: oneDNN's against MKL's, for the fused step's Linear layers on a CPU.
 
-torch's matmul calls MKL on a CPU. On this project's AMD EPYC machines MKL does not take its
-AVX-512 code, and oneDNN's kernel (the one torch.compile's CPU code calls for a Linear layer) is
-up to twice as fast for all but small products. The fused step takes oneDNN's for its z = a W^T + b
+torch's matmul calls MKL on a CPU. On this project's AMD EPYC machines MKL reports its generic code
+path (MKL_VERBOSE=1), not an AVX-512 one, and oneDNN's kernel (the one torch.compile's CPU code calls
+for a Linear layer) is up to twice as fast for all but small products. The fused step takes oneDNN's for its z = a W^T + b
 and da = dz W from fused_ops.ONEDNN_FROM multiply-adds (float32 only). This benchmark draws that
 line:
 

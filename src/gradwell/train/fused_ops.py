@@ -86,8 +86,8 @@ SERIAL_BELOW = 2_000_000
 
 
 # multiply-adds of a float32 product z = x W^T (+ b) from which oneDNN's kernel beats MKL's, the one
-# torch's matmul calls on a CPU (benchmarks/bench_products.py, AMD EPYC 2-core, where MKL does not
-# take its AVX-512 code: oneDNN 1.2x to 1.8x as fast at 3.3 and 4.2 million, up to 2.2x at 34
+# torch's matmul calls on a CPU (benchmarks/bench_products.py, AMD EPYC 2-core, where MKL reports its
+# generic code path, not AVX-512: oneDNN 1.2x to 1.8x as fast at 3.3 and 4.2 million, up to 2.2x at 34
 # million; below, 0.5x to 1.2x on two threads, where its call costs more than its arithmetic saves,
 # and though 1.0x to 1.5x on one thread at 1.3 to 2.1 million, the SELU and ReLU nets' one-thread
 # steps gained nothing measurable from their 784-input first layers' 2.5 million on oneDNN)
