@@ -2,9 +2,9 @@
 
 torch's matmul calls MKL on a CPU. On this project's AMD EPYC machines MKL reports its generic code
 path (MKL_VERBOSE=1), not an AVX-512 one, and oneDNN's kernel (the one torch.compile's CPU code calls
-for a Linear layer) is up to twice as fast for all but small products. The fused step takes oneDNN's for its z = a W^T + b
-and da = dz W from fused_ops.ONEDNN_FROM multiply-adds (float32 only). This benchmark draws that
-line:
+for a Linear layer) is up to twice as fast for all but small products. The fused step takes
+oneDNN's for its z = a W^T + b and da = dz W from fused_ops.ONEDNN_FROM multiply-adds (float32
+only). This benchmark draws that line:
 
 - products: for batches of 32 to 128 and square layers 100 to 512 wide, on 1 and 2 threads, the
   ratio of MKL's median time over rounds to oneDNN's for each of the three products (above 1: oneDNN
